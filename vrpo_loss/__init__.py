@@ -1,0 +1,3 @@
+"""vrpo-loss: reward-guided representation alignment for diffusion transformers."""
+
+__version__ = "0.1.0"
