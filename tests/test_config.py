@@ -33,3 +33,10 @@ def test_replace_validates():
         assert "tau" in str(e)
     else:
         raise AssertionError("replace did not validate")
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    cmd = 'pip install ".[test]" && python -m pytest -q'
+    assert cmd in readme and cmd in ci.splitlines()
