@@ -71,6 +71,8 @@ def get_args(argv=None):
     p.add_argument("--encoder", choices=("vgg", "dinov2"), default="vgg")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=5, help="average out.metrics every this many steps")
+    p.add_argument("--diag-every", type=int, default=25, help="measure the policy term's push on the "
+                   "diffusion tokens against REPA's every this many steps (0: never)")
     p.add_argument("--cache-dir", default=os.path.join(ROOT, "cache", "toy"))
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "toy"))
     p.add_argument("--title", default="toy benchmark")
@@ -136,13 +138,17 @@ def summarise(records, arms, a):
     return summary, None
 
 
+DIAG_COLUMNS = [("signal_frac", "signal frac."), ("push/policy_vs_repa", "policy push / REPA"),
+                ("push/policy_cos", "policy-REPA cos on h")]
+
+
 def markdown(summary, ref, a, floor, clf_acc, wall):
     steps = next(iter(summary.values()))["steps"]
     head = ["arm"] + [f"FD @{s}" for s in steps] + [f"acc @{steps[-1]}", "ms/step"]
     if ref:
         head += [f"steps to FD {ref['target_fd']:.0f}", "speed-up"]
-    if any("signal_fraction" in s["metrics"] for s in summary.values()):
-        head += ["signal frac."]
+    diag_cols = [(k, name) for k, name in DIAG_COLUMNS if any(k in s["metrics"] for s in summary.values())]
+    head += [name for _, name in diag_cols]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, s in summary.items():
         cells = [f"`{label}`"] + [f"{m:.0f} ± {d:.0f}" for m, d in zip(s["fd_mean"], s["fd_sd"])]
@@ -151,8 +157,8 @@ def markdown(summary, ref, a, floor, clf_acc, wall):
             n = s["steps_to_target"]
             cells += [f"{n:.0f}" if n else f"> {steps[-1]}",
                       f"{s['speedup_vs_best_repa']:.2f}x" if s["speedup_vs_best_repa"] else "-"]
-        if "signal frac." in head:
-            v = s["metrics"].get("signal_fraction")
+        for k, _ in diag_cols:
+            v = s["metrics"].get(k)
             cells += [f"{v:.2f}" if v is not None else "-"]
         rows.append("| " + " | ".join(cells) + " |")
     seeds = sorted({x for s in summary.values() for x in s["seeds"]})
@@ -164,6 +170,10 @@ def markdown(summary, ref, a, floor, clf_acc, wall):
         note.append(f"Target: `{ref['best_repa']}` (best REPA) at step {ref['ref_step']}, FD {ref['target_fd']:.1f}; "
                     "steps to reach it interpolate log FD between evaluations; speed-up = "
                     f"{ref['ref_step']} / steps.")
+    if diag_cols:
+        note.append("signal frac.: `out.metrics['signal_frac']`, cosine of the policy term's gradient on the projected "
+                    "tokens with REPA's; policy push / REPA and policy-REPA cos on h: norm ratio and cosine of the policy "
+                    "term's gradient on the diffusion tokens against REPA's loss gradient (run means).")
     note.append(f"Batch {a.batch}, lr {a.lr}, encoder {a.encoder}, total wall time {wall / 60:.1f} min.")
     return "\n".join(rows) + "\n" + "\n".join(note) + "\n"
 

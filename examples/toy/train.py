@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from evaluate import save_grid
 from model import ToySiT, sample
@@ -71,6 +72,26 @@ def build_alignment(arm: Arm, hidden_dim: int, target_dim: int, projector_dim: i
                          mode=arm.mode, **arm.kwargs)
 
 
+def push_diagnostic(align, h: torch.Tensor, y: torch.Tensor, vrpo_loss: torch.Tensor) -> dict:
+    """How the policy term pushes the diffusion tokens ``h``, relative to REPA's loss on the same tokens.
+
+    ``g_vrpo`` is the gradient of VRPO's loss on ``h`` (through the projector), ``g_repa`` that of
+    REPA's ``-mean cos(proj(h), y)``; the policy term's part is ``g_vrpo - anchor_coeff * g_repa``
+    (exact when sample weighting is off: the anchor is then REPA's loss plus a constant). Returns its
+    norm relative to REPA's (``push/policy_vs_repa``), their cosine (``push/policy_cos``), and the
+    whole VRPO push relative to REPA's (``push/total_vs_repa``).
+    """
+    g_vrpo = torch.autograd.grad(vrpo_loss, h, retain_graph=True)[0]
+    hd = h.detach().requires_grad_()
+    mu = align.project([hd])[0].float()
+    g_repa = torch.autograd.grad(-F.cosine_similarity(mu, y.float(), dim=-1).mean(), hd)[0]
+    g_pol = g_vrpo - align.config.anchor_coeff * g_repa
+    n_repa = g_repa.norm().clamp_min(1e-20)
+    return {"push/policy_vs_repa": float(g_pol.norm() / n_repa),
+            "push/policy_cos": float(F.cosine_similarity(g_pol.flatten(), g_repa.flatten(), dim=0)),
+            "push/total_vs_repa": float(g_vrpo.norm() / n_repa)}
+
+
 def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, grid_path: str | None = None,
               progress=None) -> dict:
     """Train one (arm, seed) for ``cfg.steps`` steps, evaluating at ``cfg.eval_at``; returns a record."""
@@ -87,7 +108,7 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
 
     record = {"arm": arm.label, "mode": arm.mode, "coeff": arm.coeff, "kwargs": arm.kwargs, "seed": seed,
               "evals": [], "metrics": {}}
-    sums, count, train_time = {}, 0, 0.0
+    sums, count, train_time, diag, diag_n = {}, 0, 0.0, {}, 0
     perm, pos = torch.randperm(len(x_all), generator=g), 0
     for step in range(1, cfg.steps + 1):
         if pos + cfg.batch > len(perm):
@@ -105,6 +126,12 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         if align is not None:
             out = align(h, feats[idx], t=t, denoise_loss=denoise.detach())
             loss = loss + arm.coeff * out.loss
+            if arm.mode == "vrpo" and getattr(cfg, "diag_every", 0) and step % cfg.diag_every == 0:
+                tic_d = time.perf_counter()
+                for k, val in push_diagnostic(align, h, feats[idx], out.loss).items():
+                    diag[k] = diag.get(k, 0.0) + val
+                diag_n += 1
+                tic += time.perf_counter() - tic_d  # not training time
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -127,4 +154,5 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
                 save_grid(xs.view(10, n_cls, 1, 16, 16)[:, :10].reshape(-1, 1, 16, 16), grid_path)
     record["step_ms"] = 1000 * train_time / cfg.steps
     record["metrics"] = {k: s / max(count, 1) for k, s in sums.items()}
+    record["metrics"].update({k: s / diag_n for k, s in diag.items()} if diag_n else {})
     return record

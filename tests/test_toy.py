@@ -1,0 +1,83 @@
+"""Fast smoke tests of the toy benchmark (examples/toy): a few steps at tiny sizes."""
+import math
+import os
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "toy"))
+
+from evaluate import frechet_distance, gaussian_stats  # noqa: E402
+from model import ToySiT, sample  # noqa: E402
+from run import steps_to_reach  # noqa: E402
+from train import Arm, parse_kv, train_run  # noqa: E402
+
+
+def test_model_shapes_and_sampler():
+    torch.manual_seed(0)
+    m = ToySiT(dim=32, depth=3, heads=2, align_depth=2)
+    x, t, y = torch.randn(5, 1, 16, 16), torch.rand(5), torch.randint(0, 10, (5,))
+    v, h = m(x, t, y)
+    assert v.shape == x.shape and h.shape == (5, 64, 32)
+    out = sample(m, y, torch.randn(5, 1, 16, 16), steps=3, method="heun")
+    assert out.shape == (5, 1, 16, 16) and out.abs().max() <= 1
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(2000, 4))
+    st = gaussian_stats(f)
+    assert abs(frechet_distance(st, st)) < 1e-6
+    shifted = (st[0] + np.array([3.0, 0, 0, 0]), st[1])
+    assert frechet_distance(st, shifted) == pytest.approx(9.0, rel=1e-6)
+
+
+def test_steps_to_reach():
+    assert steps_to_reach([100, 200], [400.0, 100.0], 200.0) == pytest.approx(100 + 100 * math.log(2) / math.log(4))
+    assert steps_to_reach([100, 200], [150.0, 100.0], 200.0) == 100.0
+    assert steps_to_reach([100, 200], [400.0, 300.0], 200.0) is None
+
+
+def test_arm_parsing():
+    a = Arm.parse("vrpo@0.5:policy=correspondence,tau=0.1,antithetic=false")
+    assert (a.mode, a.coeff) == ("vrpo", 0.5)
+    assert a.kwargs == {"policy": "correspondence", "tau": 0.1, "antithetic": False}
+    assert Arm.parse("repa", {"repa": 2.0}).coeff == 2.0
+    assert Arm.parse("none").coeff == 0.0
+    assert parse_kv("group_size=8") == {"group_size": 8}
+    with pytest.raises(ValueError):
+        Arm.parse("dino")
+
+
+def test_craft_vgg_tokens():
+    pytest.importorskip("easyocr_en_models")
+    from data import VGGTokens
+
+    enc = VGGTokens()
+    y = enc(torch.rand(2, 1, 16, 16) * 2 - 1)
+    assert y.shape == (2, 64, 512) and torch.isfinite(y).all() and (y >= 0).all()
+
+
+@pytest.mark.parametrize("spec", ["none", "repa@1", "vrpo@0.5:policy=correspondence", "vrpo@0.5:policy=gaussian,group_size=4"])
+def test_train_run_smoke(spec):
+    pytest.importorskip("vrpo_loss")
+    torch.manual_seed(0)
+    data = SimpleNamespace(x_train=torch.rand(40, 1, 16, 16) * 2 - 1, y_train=torch.randint(0, 10, (40,)))
+    feats = torch.randn(40, 64, 16)
+    cfg = SimpleNamespace(dim=32, depth=2, heads=2, align_depth=1, projector_dim=32, lr=1e-3, batch=8, steps=3,
+                          eval_at=(3,), eval_samples=20, sample_steps=2, sampler="euler", log_every=1,
+                          diag_every=2)
+    seen = []
+
+    def evaluator(x, y):
+        seen.append(x.shape)
+        return {"fd": 1.0, "acc": 0.5}
+
+    rec = train_run(Arm.parse(spec), 0, data, feats, evaluator, cfg)
+    assert seen == [(20, 1, 16, 16)] and [e["step"] for e in rec["evals"]] == [3]
+    assert rec["step_ms"] > 0
+    if spec.startswith("vrpo"):
+        assert "signal_frac" in rec["metrics"] and "push/policy_vs_repa" in rec["metrics"]
