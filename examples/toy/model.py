@@ -123,10 +123,10 @@ def sample(model: ToySiT, y: torch.Tensor, noise: torch.Tensor, steps: int = 20,
         x, yb = noise[i:i + batch].clone(), y[i:i + batch]
         for k in range(steps):
             t0, t1 = ts[k].item(), ts[k + 1].item()
-            v = model(x, torch.full((len(x),), t0), yb)[0]
+            v = model(x, torch.full((len(x),), t0, device=x.device), yb)[0]
             if method == "heun" and t1 > 0:
                 x_e = x + (t1 - t0) * v
-                v2 = model(x_e, torch.full((len(x),), t1), yb)[0]
+                v2 = model(x_e, torch.full((len(x),), t1, device=x.device), yb)[0]
                 x = x + (t1 - t0) * 0.5 * (v + v2)
             else:
                 x = x + (t1 - t0) * v

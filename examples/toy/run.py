@@ -68,8 +68,11 @@ def get_args(argv=None):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--align-depth", type=int, default=2, help="align the tokens after this block")
     p.add_argument("--projector-dim", type=int, default=512, help="hidden width of REPA's projector MLP")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--encoder", choices=("vgg", "dinov2"), default="vgg")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads in all")
+    p.add_argument("--workers", type=int, default=1, help="runs trained in parallel processes (threads split "
+                   "between them; on a small CPU two single-thread workers beat one two-thread process)")
     p.add_argument("--log-every", type=int, default=5, help="average out.metrics every this many steps")
     p.add_argument("--diag-every", type=int, default=25, help="measure the policy term's push on the "
                    "diffusion tokens against REPA's every this many steps (0: never)")
@@ -206,6 +209,21 @@ def plots(summary, a, out):
     plt.close(fig)
 
 
+def _worker(a, job, position):
+    """One (arm, seed) run in a worker process (data, features and classifier come from the cache)."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(max(1, a.threads // a.workers))
+    arm, seed, path, grid = job
+    data = load_digits_16()
+    feats = encoder_features(data.x_train, a.encoder, a.cache_dir, progress=False)
+    evaluator = Evaluator(data, a.cache_dir, n_per_class=a.eval_samples // 10)
+    with tqdm(total=a.steps, desc=f"{arm.label[:28]} s{seed}", unit="step", position=position, leave=False) as bar:
+        rec = train_run(arm, seed, data, feats, evaluator, a, grid_path=grid, progress=bar)
+    json.dump(rec, open(path, "w"), indent=1)
+    return rec
+
+
 def main(argv=None):
     a = get_args(argv)
     torch.set_num_threads(a.threads)
@@ -228,24 +246,37 @@ def main(argv=None):
                 records.append(json.load(open(path)))
             else:
                 todo.append((arm, seed, path))
-    bar = tqdm(total=len(todo) * a.steps, desc=f"{len(todo)} runs", unit="step", smoothing=0.05)
-    for arm, seed, path in todo:
-        grid = os.path.join(a.out, "grids", f"{safe(arm.label)}.png") if seed == a.seeds[0] else None
-        rec = train_run(arm, seed, data, feats, evaluator, a, grid_path=grid, progress=bar)
-        json.dump(rec, open(path, "w"), indent=1)
-        records.append(rec)
-    bar.close()
+    jobs = [(arm, seed, path, os.path.join(a.out, "grids", f"{safe(arm.label)}.png") if seed == a.seeds[0] else None)
+            for arm, seed, path in todo]
+    if a.workers > 1 and len(jobs) > 1:
+        # independent runs in parallel processes, threads split between them
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn")) as pool:
+            futs = [pool.submit(_worker, a, job, 1 + i % a.workers) for i, job in enumerate(jobs)]
+            for f in tqdm(as_completed(futs), total=len(futs), desc=f"{len(jobs)} runs, {a.workers} workers",
+                          unit="run", position=0):
+                records.append(f.result())
+    else:
+        bar = tqdm(total=len(todo) * a.steps, desc=f"{len(todo)} runs", unit="step", smoothing=0.05)
+        for arm, seed, path, grid in jobs:
+            rec = train_run(arm, seed, data, feats, evaluator, a, grid_path=grid, progress=bar)
+            json.dump(rec, open(path, "w"), indent=1)
+            records.append(rec)
+        bar.close()
     wall = time.time() - t0
     summary, ref = summarise(records, arms, a)
     md = markdown(summary, ref, a, evaluator.floor, evaluator.test_acc, wall)
     cmd = "python examples/toy/run.py " + " ".join(f'"{x}"' if any(c in x for c in " :,") else x
                                                      for x in (argv if argv is not None else sys.argv[1:]))
     machine = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
-               else f"CPU ({platform.processor() or platform.machine()}), {a.threads} threads")
+               else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), {a.threads} threads"
+               + (f" in {a.workers} worker processes" if a.workers > 1 else ""))
     header = f"# {a.title}\n\nCommand: `{cmd}`  \nMachine: {machine}; torch {torch.__version__}\n\n"
     open(os.path.join(a.out, "results.md"), "w").write(header + md)
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()
-           if k not in ("out", "cache_dir")}
+           if k not in ("out", "cache_dir", "workers", "threads")}
     json.dump(dict(command=cmd, machine=machine, config=cfg, floor=evaluator.floor, classifier_test_acc=evaluator.test_acc,
                    wall_s=wall, reference=ref, summary=summary, runs=records),
               open(os.path.join(a.out, "results.json"), "w"), indent=1)

@@ -98,10 +98,14 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
     torch.manual_seed(seed)
     model = ToySiT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, align_depth=cfg.align_depth)
     align = build_alignment(arm, cfg.dim, feats.shape[-1], cfg.projector_dim)
+    dev = torch.device(getattr(cfg, "device", "cpu"))
+    model.to(dev)
+    if align is not None:
+        align.to(dev)
     params = list(model.parameters()) + (list(align.parameters()) if align is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)  # batches, times and noise: identical across arms
-    x_all, y_all = data.x_train, data.y_train
+    x_all, y_all, feats = data.x_train.to(dev), data.y_train.to(dev), feats.to(dev)
     n_cls = cfg.eval_samples // 10
     y_eval = torch.arange(10).repeat_interleave(n_cls)
     noise_eval = torch.randn(len(y_eval), 1, 16, 16, generator=torch.Generator().manual_seed(10_000 + seed))
@@ -115,8 +119,11 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
             perm, pos = torch.randperm(len(x_all), generator=g), 0
         idx = perm[pos:pos + cfg.batch]
         pos += cfg.batch
-        t = torch.rand(len(idx), generator=g)
-        eps = torch.randn(len(idx), 1, 16, 16, generator=g)
+        t = torch.rand(len(idx), generator=g).to(dev)
+        eps = torch.randn(len(idx), 1, 16, 16, generator=g).to(dev)
+        idx = idx.to(dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         tic = time.perf_counter()
         x0, yc = x_all[idx], y_all[idx]
         tb = t.view(-1, 1, 1, 1)
@@ -135,6 +142,8 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         train_time += time.perf_counter() - tic
         if align is not None and step % cfg.log_every == 0:
             for k, val in out.metrics.items():
@@ -144,7 +153,7 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         if progress is not None:
             progress.update(1)
         if step in cfg.eval_at:
-            xs = sample(model, y_eval, noise_eval, steps=cfg.sample_steps, method=cfg.sampler)
+            xs = sample(model, y_eval.to(dev), noise_eval.to(dev), steps=cfg.sample_steps, method=cfg.sampler).cpu()
             ev = evaluator(xs, y_eval)
             ev.update(step=step, train_s=round(train_time, 3), loss=float(denoise.mean()))
             record["evals"].append(ev)
