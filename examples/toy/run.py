@@ -33,15 +33,16 @@ from evaluate import Evaluator  # noqa: E402
 from train import Arm, parse_kv, train_run  # noqa: E402
 
 PRESETS = {
-    "default": dict(steps=300, batch=64, eval_at=(100, 200, 300), eval_samples=300, sample_steps=10, ref_step=200),
+    "default": dict(steps=300, batch=64, eval_at=(100, 200, 300), eval_samples=300, sample_steps=10, ref_step=200,
+                    workers=2),
     "full": dict(steps=2000, batch=128, eval_at=(250, 500, 1000, 1500, 2000), eval_samples=450,
-                 sample_steps=20, ref_step=1000),
+                 sample_steps=20, ref_step=1000, workers=1),
 }
 # the arms' chosen settings (docs/ablation.md)
 DEFAULT_ARMS = ["none", "repa", "vrpo"]
-DEFAULT_REPA_COEFF = 1.0
-DEFAULT_VRPO_COEFF = 0.5
-DEFAULT_VRPO_KWARGS = ""
+DEFAULT_REPA_COEFF = 4.0  # REPA's best of 0.5, 1, 2, 4 at the early budget
+DEFAULT_VRPO_COEFF = 1.0  # correspondence policy: best of 0.5, 1, 2; pushes ~4.8x REPA per unit
+DEFAULT_VRPO_KWARGS = "policy=correspondence,tau=0.1"
 
 
 def get_args(argv=None):
@@ -71,7 +72,7 @@ def get_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--encoder", choices=("vgg", "dinov2"), default="vgg")
     p.add_argument("--threads", type=int, default=2, help="CPU threads in all")
-    p.add_argument("--workers", type=int, default=1, help="runs trained in parallel processes (threads split "
+    p.add_argument("--workers", type=int, help="runs trained in parallel processes (threads split "
                    "between them; on a small CPU two single-thread workers beat one two-thread process)")
     p.add_argument("--log-every", type=int, default=5, help="average out.metrics every this many steps")
     p.add_argument("--diag-every", type=int, default=25, help="measure the policy term's push on the "
@@ -145,7 +146,7 @@ DIAG_COLUMNS = [("signal_frac", "signal frac."), ("push/policy_vs_repa", "policy
                 ("push/policy_cos", "policy-REPA cos on h")]
 
 
-def markdown(summary, ref, a, floor, clf_acc, wall):
+def markdown(summary, ref, a, floor, clf_acc, wall, records):
     steps = next(iter(summary.values()))["steps"]
     head = ["arm"] + [f"FD @{s}" for s in steps] + [f"acc @{steps[-1]}", "ms/step"]
     if ref:
@@ -177,7 +178,9 @@ def markdown(summary, ref, a, floor, clf_acc, wall):
         note.append("signal frac.: `out.metrics['signal_frac']`, cosine of the policy term's gradient on the projected "
                     "tokens with REPA's; policy push / REPA and policy-REPA cos on h: norm ratio and cosine of the policy "
                     "term's gradient on the diffusion tokens against REPA's loss gradient (run means).")
-    note.append(f"Batch {a.batch}, lr {a.lr}, encoder {a.encoder}, total wall time {wall / 60:.1f} min.")
+    run_s = sum(r.get("wall_s", 0.0) for r in records)
+    note.append(f"Batch {a.batch}, lr {a.lr}, encoder {a.encoder}; wall time of this invocation {wall / 60:.1f} min"
+                + (f", of its runs together {run_s / 60:.1f} min" if run_s else "") + ".")
     return "\n".join(rows) + "\n" + "\n".join(note) + "\n"
 
 
@@ -267,12 +270,12 @@ def main(argv=None):
         bar.close()
     wall = time.time() - t0
     summary, ref = summarise(records, arms, a)
-    md = markdown(summary, ref, a, evaluator.floor, evaluator.test_acc, wall)
+    md = markdown(summary, ref, a, evaluator.floor, evaluator.test_acc, wall, records)
     cmd = "python examples/toy/run.py " + " ".join(f'"{x}"' if any(c in x for c in " :,") else x
                                                      for x in (argv if argv is not None else sys.argv[1:]))
     machine = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
                else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), {a.threads} threads"
-               + (f" in {a.workers} worker processes" if a.workers > 1 else ""))
+               + (f" in {a.workers} worker processes" if a.workers > 1 and len(todo) > 1 else ""))
     header = f"# {a.title}\n\nCommand: `{cmd}`  \nMachine: {machine}; torch {torch.__version__}\n\n"
     open(os.path.join(a.out, "results.md"), "w").write(header + md)
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()

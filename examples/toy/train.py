@@ -95,6 +95,7 @@ def push_diagnostic(align, h: torch.Tensor, y: torch.Tensor, vrpo_loss: torch.Te
 def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, grid_path: str | None = None,
               progress=None) -> dict:
     """Train one (arm, seed) for ``cfg.steps`` steps, evaluating at ``cfg.eval_at``; returns a record."""
+    start = time.perf_counter()
     torch.manual_seed(seed)
     model = ToySiT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, align_depth=cfg.align_depth)
     align = build_alignment(arm, cfg.dim, feats.shape[-1], cfg.projector_dim)
@@ -162,6 +163,7 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
             if grid_path and step == cfg.steps:
                 save_grid(xs.view(10, n_cls, 1, 16, 16)[:, :10].reshape(-1, 1, 16, 16), grid_path)
     record["step_ms"] = 1000 * train_time / cfg.steps
+    record["wall_s"] = time.perf_counter() - start  # training, diagnostics and evaluation
     record["metrics"] = {k: s / max(count, 1) for k, s in sums.items()}
     record["metrics"].update({k: s / diag_n for k, s in diag.items()} if diag_n else {})
     return record
