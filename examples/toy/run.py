@@ -190,24 +190,29 @@ def plots(summary, a, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for label, s in summary.items():
+    n = len(summary)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2 + 0.16 * ((n + 1) // 2)))
+    colors = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    style = {"none": dict(ls="--", marker="x"), "repa": dict(ls="-", marker="o"), "vrpo": dict(ls="-.", marker="s")}
+    for i, (label, s) in enumerate(summary.items()):
+        kw = dict(color="black" if s["mode"] == "none" else colors(i % colors.N), ms=4, **style[s["mode"]])
         st, m, d = np.array(s["steps"]), np.array(s["fd_mean"]), np.array(s["fd_sd"])
         wall = st * s["step_ms"] / 1000
         for ax, xs in ((axes[0], st), (axes[1], wall)):
-            ax.plot(xs, m, marker="o", label=label)
-            ax.fill_between(xs, np.maximum(m - d, 1e-3), m + d, alpha=0.15)
+            ax.plot(xs, m, label=label if ax is axes[0] else None, **kw)
+            ax.fill_between(xs, np.maximum(m - d, 1e-3), m + d, alpha=0.12, color=kw["color"])
         am, ad = np.array(s["acc_mean"]), np.array(s["acc_sd"])
-        axes[2].plot(st, am, marker="o", label=label)
-        axes[2].fill_between(st, am - ad, am + ad, alpha=0.15)
+        axes[2].plot(st, am, **kw)
+        axes[2].fill_between(st, am - ad, am + ad, alpha=0.12, color=kw["color"])
+    where = "GPU" if torch.cuda.is_available() else "CPU, in-run"
     for ax, xl, yl in ((axes[0], "training steps", "FD (lower is better)"),
-                       (axes[1], "training wall time (s, 2-core CPU)" if not torch.cuda.is_available() else
-                        "training wall time (s)", "FD"), (axes[2], "training steps", "classifier accuracy on samples")):
+                       (axes[1], f"training wall time (s, {where})", "FD"),
+                       (axes[2], "training steps", "classifier accuracy on samples")):
         ax.set_xlabel(xl), ax.set_ylabel(yl), ax.grid(alpha=0.3)
     axes[0].set_yscale("log"), axes[1].set_yscale("log")
-    axes[0].legend(fontsize=7)
+    fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.suptitle(a.title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 * ((n + 1) // 2) / (1 + 0.04 * ((n + 1) // 2)) + 0.02, 1, 1))
     fig.savefig(os.path.join(out, "quality.png"), dpi=80)
     plt.close(fig)
 
