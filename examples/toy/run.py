@@ -155,8 +155,10 @@ def markdown(summary, ref, a, floor, clf_acc, wall, records):
     head += [name for _, name in diag_cols]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, s in summary.items():
-        cells = [f"`{label}`"] + [f"{m:.0f} ± {d:.0f}" for m, d in zip(s["fd_mean"], s["fd_sd"])]
-        cells += [f"{s['acc_mean'][-1]:.2f} ± {s['acc_sd'][-1]:.2f}", f"{s['step_ms']:.0f}"]
+        one = len(s["seeds"]) == 1  # no spread to show
+        cells = [f"`{label}`"] + [f"{m:.0f}" if one else f"{m:.0f} ± {d:.0f}" for m, d in zip(s["fd_mean"], s["fd_sd"])]
+        cells += [f"{s['acc_mean'][-1]:.2f}" if one else f"{s['acc_mean'][-1]:.2f} ± {s['acc_sd'][-1]:.2f}",
+                  f"{s['step_ms']:.0f}"]
         if ref:
             n = s["steps_to_target"]
             cells += [f"{n:.0f}" if n else f"> {steps[-1]}",
