@@ -1,0 +1,141 @@
+"""``VRPOConfig``: every option of :class:`~vrpo_loss.VRPOAlignment`, with help text and validation.
+
+The defaults were chosen by the ablation on the toy benchmark (``docs/ablation.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
+
+__all__ = ["VRPOConfig"]
+
+_CHOICES = {
+    "mode": ("vrpo", "repa"),
+    "policy": ("gaussian", "correspondence"),
+    "space": ("sphere", "euclidean"),
+    "adv_scale": ("group", "batch", "none"),
+    "perceptual_net": ("vgg", "alex", "squeeze"),
+}
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class VRPOConfig:
+    """Configuration of :class:`~vrpo_loss.VRPOAlignment`; ``VRPOConfig.help()`` lists every field.
+
+    Invalid values raise ``ValueError`` naming the field, the allowed values and what came.
+    """
+
+    # --- what it computes
+    mode: str = _opt("vrpo", "'vrpo': the reward-guided objective; 'repa': REPA's projection loss exactly (A/B baseline).")
+    hidden_dim: Optional[int] = _opt(None, "Width D of the diffusion features. None: features are already projected (REPA's zs_tilde).")
+    target_dims: Tuple[int, ...] = _opt((768,), "Width C of each encoder's tokens, one entry per encoder (DINOv2-B: 768).")
+    projector_dim: int = _opt(2048, "Hidden width of REPA's projector MLP (D -> P -> P -> C).")
+    # --- policy
+    policy: str = _opt("correspondence", "Policy family: 'correspondence' (categorical over the encoder tokens of the same image, exact expectation) or 'gaussian' (sampled actions).")
+    tau: float = _opt(0.1, "Correspondence policy: softmax temperature over cos(mu_i, y_j); smaller is sharper.")
+    group_size: int = _opt(8, "Gaussian policy: actions G per token (at least 2: a group of one has no relative advantage).")
+    sigma: float = _opt(0.1, "Gaussian policy: exploration std. In 'sphere' space relative to the unit sphere (noise norm ~ sigma); in 'euclidean' per channel, absolute.")
+    space: str = _opt("sphere", "Gaussian policy: 'sphere' samples around normalize(mu) and normalises the action; 'euclidean' samples around mu (the first prototype).")
+    antithetic: bool = _opt(True, "Gaussian policy: draw noise in antithetic pairs (eps, -eps); needs an even group_size.")
+    learn_sigma: bool = _opt(False, "Gaussian policy: learn log-sigma per channel (a parameter: give it to the optimizer).")
+    sigma_final: Optional[float] = _opt(None, "Gaussian policy: if set, sigma decays log-linearly from sigma to this over sigma_decay_steps.")
+    sigma_decay_steps: int = _opt(0, "Gaussian policy: steps of the sigma schedule (0: constant).")
+    sigma_min: float = _opt(1e-3, "Lower clamp of sigma (learned or scheduled).")
+    sigma_max: float = _opt(1.0, "Upper clamp of sigma (learned or scheduled).")
+    max_action_elements: int = _opt(1 << 26, "Gaussian policy: at most this many action elements (G_chunk * B * N * C) are held at once; larger groups are processed in chunks with regenerated noise.")
+    # --- advantage
+    adv_scale: str = _opt("group", "Token advantage scaling (TRL's names): 'group' std per group, 'batch' std of all rewards, 'none' centring only.")
+    adv_eps: float = _opt(1e-4, "Added to the std when normalising advantages.")
+    adv_clip: float = _opt(5.0, "Advantages are clamped to [-adv_clip, adv_clip].")
+    clip_eps: float = _opt(0.2, "PPO ratio clip epsilon of the surrogate.")
+    # --- objective
+    policy_coeff: float = _opt(1.0, "Weight of the policy (surrogate) term.")
+    anchor_coeff: float = _opt(1.0, "Weight of the anchor term mean(w_b * (1 - cos(mu, y))), REPA's loss up to a constant.")
+    # --- sample-level weighting
+    sample_weight: float = _opt(0.0, "Strength kappa of the per-sample weight w_b = clamp(1 + kappa * a_b, w_min, w_max) from the sample-level advantage; 0 turns weighting off, negative favours samples that earn less than usual.")
+    w_min: float = _opt(0.5, "Lower bound of the per-sample weight.")
+    w_max: float = _opt(2.0, "Upper bound of the per-sample weight.")
+    time_bins: int = _opt(10, "Sample-level rewards are normalised against running statistics in this many bins of t.")
+    stats_momentum: float = _opt(0.01, "EMA momentum of the per-bin running mean and variance.")
+    # --- reward heads
+    semantic_weight: float = _opt(1.0, "Token-level semantic coherence reward cos(z, y) (cos(y_i, y_j) for candidates).")
+    fidelity_weight: float = _opt(1.0, "Sample-level generation fidelity reward -denoise_loss (used when denoise_loss is passed).")
+    perceptual_weight: float = _opt(0.0, "Sample-level perceptual reward -LPIPS(decode(x0_pred), decode(x0)); 0 turns it off.")
+    perceptual_every: int = _opt(10, "Perceptual reward computed every this many training steps.")
+    perceptual_subset: int = _opt(8, "Perceptual reward computed on at most this many samples of the batch.")
+    perceptual_net: str = _opt("vgg", "LPIPS backbone: 'vgg', 'alex' or 'squeeze'.")
+    decodability_weight: float = _opt(0.0, "Token-level decodability reward (a learned head predicts each token's clean patch from z); 0 turns it off.")
+    decodability_patch: int = _opt(2, "Decodability head: patch size of the clean latent x0 per token (the token grid is x0's grid / patch).")
+    decodability_channels: int = _opt(4, "Decodability head: channels of the clean latent x0 (SD-VAE latents: 4).")
+    decodability_hidden: int = _opt(256, "Decodability head: hidden width of its MLP.")
+    # --- input handling and diagnostics
+    resample_tokens: bool = _opt(False, "If the encoder's token grid differs from the features' grid, resample the targets bilinearly instead of raising.")
+    validate: bool = _opt(True, "Check values (NaN/Inf, t in [0, 1]) with one host-device synchronisation per call; False removes it. Shape and dtype checks always run.")
+    diagnostics_every: int = _opt(1, "Compute the signal-fraction diagnostic (cosine of the policy term's gradient with REPA's) every this many steps; 0 never.")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_dims, int):
+            self.target_dims = (self.target_dims,)
+        self.target_dims = tuple(self.target_dims)
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+        if not self.target_dims or not all(isinstance(c, int) and c > 0 for c in self.target_dims):
+            raise ValueError(f"target_dims: expected a non-empty tuple of positive ints (one per encoder), got {self.target_dims!r}")
+        if self.hidden_dim is not None and (not isinstance(self.hidden_dim, int) or self.hidden_dim <= 0):
+            raise ValueError(f"hidden_dim: expected a positive int or None (features already projected), got {self.hidden_dim!r}")
+        ints = {"projector_dim": 1, "time_bins": 1, "perceptual_every": 1, "perceptual_subset": 1,
+                "decodability_patch": 1, "decodability_channels": 1, "decodability_hidden": 1,
+                "max_action_elements": 1, "sigma_decay_steps": 0, "diagnostics_every": 0}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+        if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 1:
+            raise ValueError(f"group_size: expected a positive int, got {self.group_size!r}")
+        if self.policy == "gaussian" and self.group_size < 2:
+            raise ValueError(
+                f"group_size: expected an int >= 2, got {self.group_size!r}; the Gaussian policy normalises "
+                "rewards within a group of actions, and a group of one has no relative advantage"
+            )
+        if self.policy == "gaussian" and self.antithetic and self.group_size % 2:
+            raise ValueError(f"group_size: antithetic sampling needs an even group_size, got {self.group_size}; use {self.group_size + 1} or antithetic=False")
+        positive = ("tau", "sigma", "sigma_min", "sigma_max", "adv_eps", "adv_clip", "w_max")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: expected a value > 0, got {getattr(self, name)!r}")
+        if not self.sigma_min <= self.sigma <= self.sigma_max:
+            raise ValueError(f"sigma: expected a value in [sigma_min, sigma_max] = [{self.sigma_min}, {self.sigma_max}], got {self.sigma}")
+        if self.sigma_final is not None and not self.sigma_min <= self.sigma_final <= self.sigma_max:
+            raise ValueError(f"sigma_final: expected None or a value in [{self.sigma_min}, {self.sigma_max}], got {self.sigma_final}")
+        if not 0 <= self.clip_eps < 1:
+            raise ValueError(f"clip_eps: expected a value in [0, 1), got {self.clip_eps}")
+        if not 0 < self.stats_momentum <= 1:
+            raise ValueError(f"stats_momentum: expected a value in (0, 1], got {self.stats_momentum}")
+        if not 0 <= self.w_min <= 1 <= self.w_max:
+            raise ValueError(f"w_min, w_max: expected 0 <= w_min <= 1 <= w_max so that the mean weight can be one, got {self.w_min}, {self.w_max}")
+        for name in ("policy_coeff", "anchor_coeff", "semantic_weight", "fidelity_weight", "perceptual_weight", "decodability_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected a value >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def help(cls) -> str:
+        """A table of every field: name, default and help text (the README's options table)."""
+        rows = ["| option | default | meaning |", "|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append(f"| `{f.name}` | `{default!r}` | {f.metadata['help']} |")
+        return "\n".join(rows)
+
+    def replace(self, **changes: Any) -> "VRPOConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,285 @@
+"""Policies over aligned representations, and the policy-gradient term each one contributes.
+
+Both families share one interface, :meth:`Policy.term`: given the projected tokens ``mu`` (with
+gradient), the unit encoder tokens and the token-level reward heads, it returns the per-sample
+policy loss (the negated clipped surrogate, one on-policy update) and detached metrics. Inside,
+the three stages stay separate: rewards (the heads), advantages (:mod:`vrpo_loss.functional`),
+surrogate.
+
+- :class:`GaussianPolicy` samples ``G`` actions per token around ``mu`` (on the unit sphere by
+  default) and estimates the policy gradient by the score function. Memory is bounded: actions
+  are processed in chunks of at most ``max_action_elements`` elements; when the group does not fit
+  in one chunk the noise is regenerated from per-chunk seeds, and the surrogate is assembled from
+  sufficient statistics (``sum_g c_g``, ``sum_g c_g d_g``, ``sum_g c_g d_g^2`` with ``d_g`` the
+  action's offset from the mean), which give its exact value and gradient in O(B N C) memory.
+- :class:`CorrespondencePolicy` is categorical over the encoder tokens of the same image,
+  ``pi(j | i) = softmax_j(cos(mu_i, y_j) / tau)``; expectations and advantages are exact under
+  ``pi``, so there is no sampling variance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .functional import candidate_advantage, clipped_surrogate, gaussian_log_prob, group_advantage, tangent, token_cosine
+from .rewards import RewardContext, RewardHead
+
+__all__ = ["Policy", "GaussianPolicy", "CorrespondencePolicy", "signal_fraction"]
+
+Metrics = Dict[str, torch.Tensor]
+
+
+def signal_fraction(policy_grad_mu: torch.Tensor, mu: torch.Tensor, y_unit: torch.Tensor) -> torch.Tensor:
+    """Cosine between the policy term's gradient on ``mu`` and REPA's gradient ``d(-cos(mu, y))/d mu``.
+
+    Near 1: the policy term pushes along REPA's direction; near 0: it adds mostly noise.
+
+    Shape:
+        policy_grad_mu, mu, y_unit: (B, N, C). Output: scalar.
+    """
+    norm = mu.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    repa = -tangent(y_unit, mu / norm) / norm
+    return F.cosine_similarity(policy_grad_mu.flatten(), repa.flatten(), dim=0, eps=1e-20)
+
+
+class Policy(nn.Module):
+    """Interface of a policy family."""
+
+    def term(
+        self,
+        mu: torch.Tensor,
+        ctx: RewardContext,
+        heads: Sequence[RewardHead],
+        weight: torch.Tensor,
+        *,
+        seed: int,
+        diagnostics: bool,
+    ) -> Tuple[torch.Tensor, Metrics]:
+        """Per-sample policy loss and detached metrics.
+
+        Args:
+            mu: (B, N, C) fp32 projected tokens, with gradient.
+            ctx: reward context; ``ctx.targets`` are the unit encoder tokens (B, N, C).
+            heads: the token-level reward heads, each with its ``weight``.
+            weight: (B,) per-sample weights w_b (detached).
+            seed: seed of this call's noise (deterministic policies ignore it).
+            diagnostics: also compute the signal-fraction diagnostic.
+
+        Shape:
+            Output: (B,) and a dict of scalars.
+        """
+        raise NotImplementedError
+
+
+def _weighted_heads(heads: Sequence[RewardHead], fn, metrics: Metrics, mean_fn) -> torch.Tensor:
+    total = None
+    for head in heads:
+        r = fn(head).float()
+        metrics[f"rewards/{head.name}/mean"] = mean_fn(r).detach()
+        total = head.weight * r if total is None else total + head.weight * r
+    if total is None:
+        raise ValueError("heads: the policy term needs at least one token-level reward head with weight > 0 (e.g. semantic_weight=1)")
+    return total
+
+
+class GaussianPolicy(Policy):
+    """``pi(z | h) = N(m, diag(s^2))``, with ``m = normalize(mu)`` ('sphere') or ``m = mu`` ('euclidean').
+
+    Args:
+        target_dims: token width C of each encoder.
+        group_size: actions G per token.
+        sigma: exploration std (relative to the unit sphere in 'sphere' space: per-channel std
+            ``sigma / sqrt(C)``; per channel and absolute in 'euclidean' space).
+        space: 'sphere' or 'euclidean'.
+        antithetic: noise in pairs (eps, -eps).
+        learn_sigma: learn log-sigma per channel and encoder.
+        sigma_final, sigma_decay_steps: optional log-linear schedule of sigma.
+        sigma_min, sigma_max: clamp of sigma.
+        adv_scale, adv_eps, adv_clip, clip_eps: advantage and surrogate options (see VRPOConfig).
+        max_action_elements: memory bound on G_chunk * B * N * C.
+    """
+
+    def __init__(
+        self,
+        *,
+        target_dims: Sequence[int],
+        group_size: int = 8,
+        sigma: float = 0.1,
+        space: str = "sphere",
+        antithetic: bool = True,
+        learn_sigma: bool = False,
+        sigma_final=None,
+        sigma_decay_steps: int = 0,
+        sigma_min: float = 1e-3,
+        sigma_max: float = 1.0,
+        adv_scale: str = "group",
+        adv_eps: float = 1e-4,
+        adv_clip: float = 5.0,
+        clip_eps: float = 0.2,
+        max_action_elements: int = 1 << 26,
+    ):
+        super().__init__()
+        self.group_size = group_size
+        self.sigma = sigma
+        self.space = space
+        self.antithetic = antithetic
+        self.sigma_final = sigma_final
+        self.sigma_decay_steps = sigma_decay_steps
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.adv_scale, self.adv_eps, self.adv_clip, self.clip_eps = adv_scale, adv_eps, adv_clip, clip_eps
+        self.max_action_elements = max_action_elements
+        self.step = 0  # set by the owner before each call (drives the sigma schedule)
+        self.log_sigma = (
+            nn.ParameterList(nn.Parameter(torch.full((c,), math.log(sigma))) for c in target_dims) if learn_sigma else None
+        )
+
+    def sigma_at(self, encoder: int, device: torch.device) -> torch.Tensor:
+        """The exploration std of encoder ``encoder`` at the current step: (C,) if learned, else scalar."""
+        lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+        if self.log_sigma is not None:
+            return self.log_sigma[encoder].clamp(lo, hi).exp()
+        s = self.sigma
+        if self.sigma_final is not None and self.sigma_decay_steps > 0:
+            frac = min(self.step / self.sigma_decay_steps, 1.0)
+            s = math.exp((1 - frac) * math.log(self.sigma) + frac * math.log(self.sigma_final))
+        return torch.tensor(min(max(s, self.sigma_min), self.sigma_max), device=device)
+
+    def _noise(self, gen: torch.Generator, seed: int, k: int, shape, device) -> torch.Tensor:
+        gen.manual_seed(seed)
+        if self.antithetic:
+            half = torch.randn((k // 2, *shape), generator=gen, device=device)
+            return torch.cat([half, -half])
+        return torch.randn((k, *shape), generator=gen, device=device)
+
+    def chunk_size(self, b: int, n: int, c: int) -> int:
+        """Actions per chunk under the memory bound (even when antithetic, at least 1 or 2)."""
+        k = max(1, self.max_action_elements // max(1, b * n * c))
+        if self.antithetic:
+            k = max(2, k - k % 2)
+        return min(k, self.group_size)
+
+    def term(self, mu, ctx, heads, weight, *, seed, diagnostics):
+        b, n, c = mu.shape
+        dev = mu.device
+        y = ctx.targets
+        metrics: Metrics = {}
+        m = F.normalize(mu, dim=-1) if self.space == "sphere" else mu
+        m0 = m.detach()
+        s = self.sigma_at(ctx.encoder, dev)
+        if self.space == "sphere":
+            s = s / math.sqrt(c)
+        s0 = s.detach()
+        G = self.group_size
+        k = self.chunk_size(b, n, c)
+        starts = list(range(0, G, k))
+        gen = torch.Generator(device=dev)
+        seeds = [(seed * 1_000_003 + i) % (1 << 62) for i in range(len(starts))]
+
+        # stage 1: rewards of every action (noise kept when the whole group fits in one chunk)
+        rewards, kept = [], None
+        with torch.no_grad():
+            for i, g0 in enumerate(starts):
+                eps = self._noise(gen, seeds[i], min(k, G - g0), (b, n, c), dev)
+                x = m0 + s0 * eps
+                z = F.normalize(x, dim=-1) if self.space == "sphere" else x
+                rewards.append(_weighted_heads(heads, lambda h: h.action_reward(z, ctx), metrics, torch.mean))
+                if len(starts) == 1:
+                    kept = eps
+        r = torch.cat(rewards)  # (G, B, N)
+
+        # stage 2: group-relative advantages
+        adv, zero_std = group_advantage(r, scale=self.adv_scale, eps=self.adv_eps, clip=self.adv_clip)
+        coef = weight.view(1, b, 1) * adv / (G * n)  # (G, B, N): weight of each action's log-prob
+
+        # stage 3: surrogate from sufficient statistics of the offsets d_g = x_g - m0 = s0 * eps_g
+        with torch.no_grad():
+            S0 = coef.sum(0).unsqueeze(-1)  # (B, N, 1)
+            S1 = torch.zeros_like(m0)
+            S2 = torch.zeros_like(m0)
+            for i, g0 in enumerate(starts):
+                eps = kept if kept is not None else self._noise(gen, seeds[i], min(k, G - g0), (b, n, c), dev)
+                cg = coef[g0 : g0 + eps.shape[0]].unsqueeze(-1)
+                d = s0 * eps
+                S1 += (cg * d).sum(0)
+                S2 += (cg * d * d).sum(0)
+        delta = m0 - m  # zero in value; carries the gradient to mu
+        sq = S2 + 2 * delta * S1 + delta.pow(2) * S0  # sum_g c_g (x_g - m)^2
+        logp_sum = (-0.5 * sq / s.pow(2) - torch.log(s) * S0).mean(-1)  # sum_g c_g log pi(x_g), up to a constant
+        f = logp_sum.sum(-1)  # (B,)
+        # negated clipped surrogate at rho == 1: value -mean(w A), gradient -mean(w A grad log pi)
+        pg = -coef.sum(dim=(0, 2)) - (f - f.detach())
+
+        with torch.no_grad():
+            metrics["sigma"] = (s0 * (math.sqrt(c) if self.space == "sphere" else 1.0)).mean()
+            metrics["adv/std"] = adv.std()
+            metrics["adv/clip_frac"] = (adv.abs() >= self.adv_clip).float().mean()
+            metrics["frac_zero_std"] = zero_std.float().mean()
+            metrics["clip_frac"] = torch.zeros((), device=dev)
+            cos = token_cosine(mu, y)
+            metrics["kl"] = ((1 - cos) / (s0.mean() * math.sqrt(c) if self.space == "sphere" else s0.mean()).pow(2)).mean()
+            if diagnostics:
+                g_m = -S1 / (c * s0.pow(2))  # d pg / d m
+                if self.space == "sphere":
+                    g_mu = tangent(g_m, m0) / mu.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                else:
+                    g_mu = g_m
+                metrics["signal_frac"] = signal_fraction(g_mu, mu.detach(), y)
+        return pg, metrics
+
+
+class CorrespondencePolicy(Policy):
+    """Categorical policy over the encoder tokens of the same image: ``softmax_j(cos(mu_i, y_j) / tau)``.
+
+    The reward of choosing target ``j`` for token ``i`` comes from the token-level heads (semantic
+    coherence ``cos(y_i, y_j)``, 1 for ``j = i``). Advantages are group-normalised over the ``N``
+    candidates with moments taken exactly under ``pi``, and the surrogate is averaged over the
+    candidates weighted by ``pi_old``: the exact expectation of the sampled estimator.
+
+    Args:
+        tau: temperature.
+        adv_scale, adv_eps, adv_clip, clip_eps: advantage and surrogate options (see VRPOConfig).
+    """
+
+    def __init__(self, *, tau: float = 0.1, adv_scale: str = "group", adv_eps: float = 1e-4, adv_clip: float = 5.0, clip_eps: float = 0.2):
+        super().__init__()
+        self.tau = tau
+        self.adv_scale, self.adv_eps, self.adv_clip, self.clip_eps = adv_scale, adv_eps, adv_clip, clip_eps
+
+    def log_probs(self, mu: torch.Tensor, y_unit: torch.Tensor) -> torch.Tensor:
+        """``log pi(j | i)``. Shape: mu (B, N, C), y_unit (B, N, C) -> (B, N, N) indexed [b, i, j]."""
+        logits = torch.bmm(F.normalize(mu, dim=-1), y_unit.transpose(1, 2)) / self.tau
+        return torch.log_softmax(logits, dim=-1)
+
+    def term(self, mu, ctx, heads, weight, *, seed, diagnostics):
+        b, n, c = mu.shape
+        y = ctx.targets
+        metrics: Metrics = {}
+        logp = self.log_probs(mu, y)
+        old = logp.detach()
+        probs = old.exp()
+        with torch.no_grad():
+            r = _weighted_heads(heads, lambda h: h.candidate_reward(ctx), metrics, lambda r: (probs * r).sum(-1).mean())
+            adv, zero_std = candidate_advantage(r, probs, scale=self.adv_scale, eps=self.adv_eps, clip=self.adv_clip)
+        loss, clipped = clipped_surrogate(logp, old, adv, clip_eps=self.clip_eps)
+        pg = weight * (probs * loss).sum(-1).mean(-1)
+
+        with torch.no_grad():
+            metrics["tau"] = torch.tensor(self.tau, device=mu.device)
+            metrics["adv/std"] = (probs * adv.pow(2)).sum(-1).sqrt().mean()
+            metrics["adv/clip_frac"] = (probs * (adv.abs() >= self.adv_clip).float()).sum(-1).mean()
+            metrics["frac_zero_std"] = zero_std.float().mean()
+            metrics["clip_frac"] = (probs * clipped.float()).sum(-1).mean()
+            metrics["kl"] = -old.diagonal(dim1=1, dim2=2).mean()  # KL(one-hot at j = i || pi)
+            if diagnostics:
+                centred = adv - (probs * adv).sum(-1, keepdim=True)
+                g_logits = -(weight.view(b, 1, 1) / n) * probs * centred  # d pg / d logits
+                u = F.normalize(mu.detach(), dim=-1)
+                g_u = torch.bmm(g_logits, y) / self.tau
+                g_mu = tangent(g_u, u) / mu.detach().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                metrics["signal_frac"] = signal_fraction(g_mu, mu.detach(), y)
+        return pg, metrics

@@ -1,0 +1,148 @@
+"""Input checks of :class:`~vrpo_loss.VRPOAlignment`.
+
+Shape and dtype checks read only metadata, cost nothing and always run. Value checks (NaN/Inf,
+``t`` in [0, 1]) need the data: :func:`check_values` batches them into one boolean tensor and reads
+it once, the single host-device synchronisation that ``validate=True`` allows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["as_list", "check_inputs", "check_values", "resample_grid"]
+
+
+def as_list(x, name: str) -> List[torch.Tensor]:
+    """A tensor or a list/tuple of tensors, as a list."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)) and x and all(isinstance(v, torch.Tensor) for v in x):
+        return list(x)
+    raise TypeError(f"{name}: expected a tensor or a non-empty list of tensors (one per encoder), got {type(x).__name__}")
+
+
+def _float(x: torch.Tensor, name: str, hint: str = "") -> None:
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}{hint}")
+
+
+def resample_grid(y: torch.Tensor, n: int, name: str) -> torch.Tensor:
+    """Bilinearly resample square token grids from ``y.shape[1]`` tokens to ``n`` tokens.
+
+    Shape:
+        y: (B, M, C) with M a square; output (B, n, C) with n a square.
+    """
+    b, m, c = y.shape
+    sm, sn = math.isqrt(m), math.isqrt(n)
+    if sm * sm != m or sn * sn != n:
+        raise ValueError(f"{name}: can only resample square token grids, got {m} tokens for {n} features tokens")
+    grid = y.transpose(1, 2).reshape(b, c, sm, sm)
+    grid = F.interpolate(grid.float(), size=(sn, sn), mode="bilinear", align_corners=False)
+    return grid.reshape(b, c, n).transpose(1, 2).to(y.dtype)
+
+
+def check_inputs(
+    features: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    *,
+    hidden_dim: Optional[int],
+    target_dims: Tuple[int, ...],
+    resample_tokens: bool,
+) -> List[torch.Tensor]:
+    """Check shapes and dtypes; returns the targets, resampled to the features' grid when allowed."""
+    e = len(target_dims)
+    if len(features) != e or len(targets) != e:
+        raise ValueError(
+            f"features, targets: expected one tensor per encoder ({e} encoders, from target_dims={target_dims}), "
+            f"got {len(features)} features and {len(targets)} targets"
+        )
+    out = []
+    for i, (h, y) in enumerate(zip(features, targets)):
+        fn, tn = f"features[{i}]", f"targets[{i}]"
+        _float(h, fn)
+        _float(y, tn, "; encoder tokens must be floating point (fp16/bf16 are upcast to fp32)")
+        if h.dim() != 3:
+            raise ValueError(f"{fn}: expected rank 3 (B, N, D), got shape {tuple(h.shape)}; flatten the token grid first")
+        if y.dim() != 3:
+            raise ValueError(f"{tn}: expected rank 3 (B, N, C), got shape {tuple(y.shape)}; use the encoder's patch tokens without CLS")
+        want = hidden_dim if hidden_dim is not None else target_dims[i]
+        if h.shape[-1] != want:
+            what = "hidden_dim" if hidden_dim is not None else f"target_dims[{i}] (hidden_dim=None: features already projected)"
+            raise ValueError(f"{fn}: expected last dimension {want} ({what}), got shape {tuple(h.shape)}")
+        if y.shape[-1] != target_dims[i]:
+            raise ValueError(f"{tn}: expected last dimension {target_dims[i]} (target_dims[{i}]), got shape {tuple(y.shape)}")
+        if y.shape[0] != h.shape[0]:
+            raise ValueError(f"{tn}: batch size {y.shape[0]} does not match {fn}'s {h.shape[0]}")
+        if y.shape[1] != h.shape[1]:
+            if not resample_tokens:
+                raise ValueError(
+                    f"{tn}: {y.shape[1]} encoder tokens but {h.shape[1]} diffusion tokens; run the encoder at the resolution "
+                    "whose patch grid matches the diffusion model's, or pass resample_tokens=True to resample the targets"
+                )
+            y = resample_grid(y, h.shape[1], tn)
+        out.append(y)
+    b = features[0].shape[0]
+    if any(h.shape[0] != b for h in features):
+        raise ValueError(f"features: every encoder's features must have the same batch size, got {[h.shape[0] for h in features]}")
+    return out
+
+
+def check_optional(batch: int, t, denoise_loss, x0_pred, x0):
+    """Check and flatten the optional per-sample inputs; returns ``(t, denoise_loss)`` as (B,) or None."""
+    if t is not None:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"t: expected a tensor of shape ({batch},), got {type(t).__name__}")
+        _float(t, "t", "; VRPO's time is in [0, 1] with 0 = clean data (DiT: pass t.float() / 1000)")
+        if t.numel() != batch:
+            raise ValueError(f"t: expected {batch} values (one per sample), got shape {tuple(t.shape)}")
+        t = t.reshape(batch)
+    if denoise_loss is not None:
+        if not isinstance(denoise_loss, torch.Tensor):
+            raise TypeError(f"denoise_loss: expected a tensor of shape ({batch},), got {type(denoise_loss).__name__}")
+        _float(denoise_loss, "denoise_loss")
+        if denoise_loss.numel() != batch:
+            raise ValueError(f"denoise_loss: expected the per-sample loss, {batch} values, got shape {tuple(denoise_loss.shape)}; do not reduce it over the batch")
+        denoise_loss = denoise_loss.detach().reshape(batch)
+    for name, x in (("x0_pred", x0_pred), ("x0", x0)):
+        if x is not None:
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name}: expected a tensor, got {type(x).__name__}")
+            _float(x, name)
+            if x.shape[0] != batch:
+                raise ValueError(f"{name}: expected batch size {batch}, got shape {tuple(x.shape)}")
+    if x0_pred is not None and x0 is not None and x0_pred.shape != x0.shape:
+        raise ValueError(f"x0_pred: expected the shape of x0 {tuple(x0.shape)}, got {tuple(x0_pred.shape)}")
+    return t, denoise_loss
+
+
+def check_values(named: Sequence[Tuple[str, torch.Tensor, str]]) -> None:
+    """Check values with a single host-device read.
+
+    Args:
+        named: ``(name, tensor, kind)`` with kind ``"finite"`` or ``"unit"`` (finite and in [0, 1]).
+    """
+    if not named:
+        return
+    flags = []
+    for _, x, kind in named:
+        ok = torch.isfinite(x).all()
+        if kind == "unit":
+            ok = ok & (x >= 0).all() & (x <= 1).all()
+        flags.append(ok)
+    flags = torch.stack(flags).cpu()  # the one synchronisation
+    for (name, x, kind), ok in zip(named, flags.tolist()):
+        if not ok:
+            if kind == "unit":
+                raise ValueError(
+                    f"{name}: expected finite values in [0, 1] (0 = clean data, 1 = noise), got min {x.min().item():.4g}, "
+                    f"max {x.max().item():.4g}; SiT hosts pass 1 - t, DiT hosts t / 1000"
+                )
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(
+                f"{name}: found {bad} NaN/Inf values of {x.numel()}; nothing was updated. Under fp16, cast encoder "
+                "outputs to fp32 before normalising (REPA issue #46), or lower the learning rate"
+            )
