@@ -22,6 +22,7 @@ Afterwards it reloads the saved checkpoint the way each repository's sampling sc
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import json
 import os
 import socket
@@ -35,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 RES = 256  # the repositories only accept 256 or 512
-STEPS = 4
+STEPS = 3
 BATCH = 2
 
 
@@ -62,6 +63,10 @@ class TinyVAE(nn.Module):
 
 
 def _install_stubs() -> None:
+    try:  # import before the stubs exist, so its "is wandb installed?" probes see the truth
+        import accelerate  # noqa: F401
+    except ImportError:
+        pass
     try:
         import diffusers.models  # noqa: F401
 
@@ -77,6 +82,7 @@ def _install_stubs() -> None:
             __import__(name)
         except ImportError:
             mod = types.ModuleType(name)
+            mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
             mod.odeint = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("torchdiffeq stub"))
             mod.Image = lambda *a, **k: None
             mod.init = mod.log = lambda *a, **k: None
@@ -94,7 +100,7 @@ class HubDINOv2(nn.Module):
 
     def __init__(self, hub_name: str):
         super().__init__()
-        timm_name = {"s": "vit_small", "b": "vit_base", "l": "vit_large", "g": "vit_giant"}[hub_name[9]]
+        timm_name = {"s": "vit_small", "b": "vit_base", "l": "vit_large", "g": "vit_giant"}[hub_name[len("dinov2_vit")]]
         reg = hub_name.endswith("_reg")
         self.vit = _tiny_dinov2(f"{timm_name}_patch14_{'reg4_' if reg else ''}dinov2")
         self.embed_dim = self.vit.embed_dim
@@ -137,7 +143,7 @@ def make_repa_data(root: str, n: int) -> None:
         x = torch.from_numpy(img)[None].float() / 127.5 - 1
         mean = vae.encode(x).latent_dist.sample() / 0.18215
         moments = torch.cat([mean, torch.full_like(mean, 0.01)], 1)  # REPA stores (mean, std)
-        np.save(os.path.join(root, "vae-sd", f"{i:05d}.npy"), moments.numpy())
+        np.save(os.path.join(root, "vae-sd", f"{i:05d}.npy"), moments[0].numpy())  # (8, H/8, W/8)
         labels.append([f"{i:05d}.npy", i % 10])
     with open(os.path.join(root, "vae-sd", "dataset.json"), "w") as f:
         json.dump({"labels": labels}, f)
@@ -217,7 +223,7 @@ def run(kind: str, repo: str, alignment: str, work: str) -> None:
             make_repa_data(data, STEPS * BATCH)
         torch.hub.load = lambda repo_or_dir, model, *a, **k: HubDINOv2(model)
         argv = [
-            "--exp-name", "check", "--output-dir", out_dir, "--data-dir", data, "--model", "SiT-S/2",
+            "--exp-name", "check", "--output-dir", out_dir, "--data-dir", data, "--model", "SiT-B/2",  # REPA's SiT-S/* do not build (hidden 384, decoder 768)
             "--enc-type", "dinov2-vit-s", "--encoder-depth", "2", "--batch-size", str(BATCH),
             "--max-train-steps", str(STEPS), "--checkpointing-steps", str(STEPS),
             "--sampling-steps", "1000000", "--mixed-precision", "no", "--num-workers", "0",
@@ -278,7 +284,7 @@ def reload_checkpoint(kind: str, repo: str, out_dir: str) -> None:
     if kind == "repa":  # as generate.py: SiT_models[...](..., z_dims, encoder_depth); load_state_dict(ckpt['ema'])
         from models.sit import SiT_models
 
-        model = SiT_models["SiT-S/2"](input_size=RES // 8, num_classes=1000, use_cfg=True, z_dims=[384],
+        model = SiT_models["SiT-B/2"](input_size=RES // 8, num_classes=1000, use_cfg=True, z_dims=[384],
                                       encoder_depth=2, fused_attn=True, qk_norm=False)
         model.load_state_dict(ckpt["ema"])
     else:  # as sample.py: find_model(path) returns ckpt['ema']; load_state_dict strictly

@@ -35,7 +35,7 @@ PATCH="$HERE/$KIND/$KIND.patch"
 echo "[check] $KIND checkout at $DIR ($(git -C "$DIR" rev-parse --short HEAD 2>/dev/null || echo 'not a git checkout'))"
 
 # Prefer an installed vrpo_loss; otherwise use this source tree.
-if ! "$PY" -c "import vrpo_loss" 2>/dev/null; then
+if ! (cd / && "$PY" -c "import vrpo_loss" 2>/dev/null); then
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
