@@ -293,7 +293,9 @@ def reload_checkpoint(kind: str, repo: str, out_dir: str) -> None:
 
         table = host_models.SiT_models if kind == "sit" else host_models.DiT_models
         model = table[f"{'SiT' if kind == 'sit' else 'DiT'}-S/2"](input_size=RES // 8, num_classes=1000)
-        model.load_state_dict(find_model(path))
+        # torch >= 2.6 loads weights_only by default; the repositories' checkpoints hold argparse args
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            model.load_state_dict(find_model(path))
     extra = sorted(k for k in ckpt if k not in ("model", "ema", "opt", "args", "steps"))
     print(f"[check] {kind}: checkpoint {os.path.basename(path)} reloads strictly from 'ema' as the "
           f"sampling script does; extra entries {extra}")

@@ -34,10 +34,8 @@ fi
 PATCH="$HERE/$KIND/$KIND.patch"
 echo "[check] $KIND checkout at $DIR ($(git -C "$DIR" rev-parse --short HEAD 2>/dev/null || echo 'not a git checkout'))"
 
-# Prefer an installed vrpo_loss; otherwise use this source tree.
-if ! (cd / && "$PY" -c "import vrpo_loss" 2>/dev/null); then
-    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-fi
+# Check this source tree's package, whatever vrpo_loss may be installed.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 (cd "$DIR" && git apply --check "$PATCH")
 echo "[check] git apply --check $(basename "$PATCH"): clean"
