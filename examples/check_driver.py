@@ -239,7 +239,7 @@ def run(kind: str, repo: str, alignment: str, work: str) -> None:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0",
                           WORLD_SIZE="1", LOCAL_RANK="0", ENTITY="none", PROJECT="none")
         argv = [
-            "--data-path", data, "--results-dir", out_dir, "--model", f"{kind.upper() if kind == 'dit' else 'SiT'}-S/2",
+            "--data-path", data, "--results-dir", out_dir, "--model", ('DiT' if kind == 'dit' else 'SiT') + '-S/2',
             "--image-size", str(RES), "--epochs", "1", "--global-batch-size", str(BATCH),
             "--num-workers", "0", "--log-every", "1", "--ckpt-every", str(STEPS),
             "--enc-type", "dinov2-vit-s", "--enc-checkpoint", enc_ckpt, "--encoder-depth", "2",
