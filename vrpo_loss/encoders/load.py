@@ -69,11 +69,12 @@ def infer_encoder_name(state_dict: Dict[str, torch.Tensor]) -> str:
     if any(k.startswith("module.base_encoder.") for k in sd):
         dim = sd["module.base_encoder.cls_token"].shape[-1]
         return {384: "mocov3-vit-s", 768: "mocov3-vit-b", 1024: "mocov3-vit-l"}[dim]
-    if "mask_token" in sd or "register_tokens" in sd:
+    patch = sd["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in sd else None
+    if "register_tokens" in sd or ("mask_token" in sd and patch == 14):
         dim = sd["cls_token"].shape[-1]
         size = {384: "s", 768: "b", 1024: "l", 1536: "g"}[dim]
         return f"dinov2{'reg' if 'register_tokens' in sd else ''}-vit-{size}"
-    if "cls_token" in sd and "blocks.0.attn.qkv.weight" in sd:
+    if "cls_token" in sd and "blocks.0.attn.qkv.weight" in sd and patch == 16:
         return "mae-vit-l"
     raise ValueError(
         "checkpoint: cannot tell which encoder this is from its keys (first keys: "
@@ -285,6 +286,11 @@ def load_encoder(
 
 
 def _finish(model, spec, readout, input_size, prefix, device) -> FrozenEncoder:
+    from dataclasses import replace
+
+    width = getattr(model, "embed_dim", None) or getattr(getattr(model, "config", None), "hidden_size", None)
+    if width is not None and int(width) != spec.embed_dim:  # a reduced model (model_kwargs, tests)
+        spec = replace(spec, embed_dim=int(width))
     enc = FrozenEncoder(model=model, spec=spec, readout=readout, input_size=input_size, num_prefix_tokens=prefix)
     if device is not None:
         enc = enc.to(device)
