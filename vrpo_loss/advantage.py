@@ -84,7 +84,7 @@ class TimeBinnedNormalizer(nn.Module):
         return cnt, mean, var
 
     def forward(self, rewards: torch.Tensor, mask: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None) -> torch.Tensor:
-        rewards = rewards.float()
+        rewards = rewards.to(self.mean.dtype)
         valid = torch.isfinite(rewards)
         if mask is not None:
             valid = valid & mask

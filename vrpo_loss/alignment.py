@@ -205,7 +205,7 @@ class VRPOAlignment(nn.Module):
             return torch.ones(batch, device=device)
         r, m = torch.stack(rewards), torch.stack(masks)
         adv = self.normalizer(r, m, ctx.t)  # (H, B); the running stats update in training mode
-        hw = torch.tensor(weights, device=device).view(-1, 1) * m.float()
+        hw = torch.stack([wt * mk.float() for wt, mk in zip(weights, m)])
         a = (hw * adv).sum(0) / hw.sum(0).clamp_min(1e-12)
         metrics["adv/sample_std"] = a.std() if batch > 1 else torch.zeros((), device=device)
         if cfg.sample_weight == 0:

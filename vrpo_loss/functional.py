@@ -66,6 +66,20 @@ def tangent(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return g - (g * u).sum(-1, keepdim=True) * u
 
 
+def _scaled(centred, std, batch_std, zero_std, scale, eps, clip):
+    """Shared tail of the advantage functions: scale, zero the zero-variance groups, clamp."""
+    if scale == "group":
+        adv = centred / (std + eps)
+    elif scale == "batch":
+        adv = centred / (batch_std() + eps)
+    elif scale == "none":
+        adv = centred
+    else:
+        raise ValueError(f"scale: expected one of 'group', 'batch', 'none', got {scale!r}")
+    adv = adv.masked_fill(zero_std, 0.0)
+    return adv if clip is None else adv.clamp(-clip, clip)
+
+
 def group_advantage(
     rewards: torch.Tensor,
     *,
@@ -103,18 +117,7 @@ def group_advantage(
     centred = rewards - mean
     std = rewards.std(dim=dim, keepdim=True, unbiased=False)
     zero_std = std.squeeze(dim) <= zero_std_atol
-    if scale == "group":
-        adv = centred / (std + eps)
-    elif scale == "batch":
-        adv = centred / (rewards.std(unbiased=False) + eps)
-    elif scale == "none":
-        adv = centred
-    else:
-        raise ValueError(f"scale: expected one of 'group', 'batch', 'none', got {scale!r}")
-    adv = adv.masked_fill(zero_std.unsqueeze(dim), 0.0)
-    if clip is not None:
-        adv = adv.clamp(-clip, clip)
-    return adv, zero_std
+    return _scaled(centred, std, lambda: rewards.std(unbiased=False), zero_std.unsqueeze(dim), scale, eps, clip), zero_std
 
 
 def candidate_advantage(
@@ -139,20 +142,11 @@ def candidate_advantage(
     var = (probs * centred.pow(2)).sum(-1, keepdim=True)
     std = var.clamp_min(0).sqrt()
     zero_std = std.squeeze(-1) <= zero_std_atol
-    if scale == "group":
-        adv = centred / (std + eps)
-    elif scale == "batch":
-        global_mean = mean.mean()
-        global_var = (probs * (rewards - global_mean).pow(2)).sum(-1).mean()
-        adv = centred / (global_var.clamp_min(0).sqrt() + eps)
-    elif scale == "none":
-        adv = centred
-    else:
-        raise ValueError(f"scale: expected one of 'group', 'batch', 'none', got {scale!r}")
-    adv = adv.masked_fill(zero_std.unsqueeze(-1), 0.0)
-    if clip is not None:
-        adv = adv.clamp(-clip, clip)
-    return adv, zero_std
+
+    def batch_std():
+        return (probs * (rewards - mean.mean()).pow(2)).sum(-1).mean().clamp_min(0).sqrt()
+
+    return _scaled(centred, std, batch_std, zero_std.unsqueeze(-1), scale, eps, clip), zero_std
 
 
 def clipped_surrogate(

@@ -147,7 +147,7 @@ class GaussianPolicy(Policy):
         if self.sigma_final is not None and self.sigma_decay_steps > 0:
             frac = min(self.step / self.sigma_decay_steps, 1.0)
             s = math.exp((1 - frac) * math.log(self.sigma) + frac * math.log(self.sigma_final))
-        return torch.tensor(min(max(s, self.sigma_min), self.sigma_max), device=device)
+        return torch.full((), min(max(s, self.sigma_min), self.sigma_max), device=device)
 
     def _noise(self, gen: torch.Generator, seed: int, k: int, shape, device) -> torch.Tensor:
         gen.manual_seed(seed)
@@ -155,6 +155,21 @@ class GaussianPolicy(Policy):
             half = torch.randn((k // 2, *shape), generator=gen, device=device)
             return torch.cat([half, -half])
         return torch.randn((k, *shape), generator=gen, device=device)
+
+    def noise(self, seed: int, b: int, n: int, c: int, device) -> torch.Tensor:
+        """All ``G`` noise draws of a call, exactly as :meth:`term` generates them chunk by chunk.
+
+        For tests and reference computations; :meth:`term` never holds them all at once when they
+        exceed the memory bound. Shape: (G, B, N, C).
+        """
+        k = self.chunk_size(b, n, c)
+        gen = torch.Generator(device=device)
+        seeds = self._chunk_seeds(seed, k)
+        return torch.cat([self._noise(gen, sd, min(k, self.group_size - g0), (b, n, c), device)
+                          for sd, g0 in zip(seeds, range(0, self.group_size, k))])
+
+    def _chunk_seeds(self, seed: int, k: int):
+        return [(seed * 1_000_003 + i) % (1 << 62) for i in range(len(range(0, self.group_size, k)))]
 
     def chunk_size(self, b: int, n: int, c: int) -> int:
         """Actions per chunk under the memory bound (even when antithetic, at least 1 or 2)."""
@@ -178,7 +193,7 @@ class GaussianPolicy(Policy):
         k = self.chunk_size(b, n, c)
         starts = list(range(0, G, k))
         gen = torch.Generator(device=dev)
-        seeds = [(seed * 1_000_003 + i) % (1 << 62) for i in range(len(starts))]
+        seeds = self._chunk_seeds(seed, k)
 
         # stage 1: rewards of every action (noise kept when the whole group fits in one chunk)
         rewards, kept = [], None
@@ -252,7 +267,7 @@ class CorrespondencePolicy(Policy):
 
     def log_probs(self, mu: torch.Tensor, y_unit: torch.Tensor) -> torch.Tensor:
         """``log pi(j | i)``. Shape: mu (B, N, C), y_unit (B, N, C) -> (B, N, N) indexed [b, i, j]."""
-        logits = torch.bmm(F.normalize(mu, dim=-1), y_unit.transpose(1, 2)) / self.tau
+        logits = torch.bmm(F.normalize(mu, dim=-1), y_unit.detach().transpose(1, 2)) / self.tau  # targets are data
         return torch.log_softmax(logits, dim=-1)
 
     def term(self, mu, ctx, heads, weight, *, seed, diagnostics):
@@ -269,7 +284,7 @@ class CorrespondencePolicy(Policy):
         pg = weight * (probs * loss).sum(-1).mean(-1)
 
         with torch.no_grad():
-            metrics["tau"] = torch.tensor(self.tau, device=mu.device)
+            metrics["tau"] = torch.full((), self.tau, device=mu.device)
             metrics["adv/std"] = (probs * adv.pow(2)).sum(-1).sqrt().mean()
             metrics["adv/clip_frac"] = (probs * (adv.abs() >= self.adv_clip).float()).sum(-1).mean()
             metrics["frac_zero_std"] = zero_std.float().mean()

@@ -1,0 +1,94 @@
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from vrpo_loss.advantage import TimeBinnedNormalizer
+
+
+def _loop_reference(batches, K, momentum, eps, clip):
+    """Per-bin EMA statistics with Python loops over heads, bins and samples."""
+    H = batches[0][0].shape[0]
+    mean = [[0.0] * K for _ in range(H)]
+    var = [[1.0] * K for _ in range(H)]
+    count = [[0] * K for _ in range(H)]
+    outs = []
+    for r, t in batches:
+        bins = [min(int(float(x) * K), K - 1) for x in t]
+        for h in range(H):
+            for k in range(K):
+                vals = [float(r[h, i]) for i in range(len(bins)) if bins[i] == k]
+                if not vals:
+                    continue
+                m = sum(vals) / len(vals)
+                v = sum((x - m) ** 2 for x in vals) / len(vals)
+                beta = momentum if count[h][k] else 1.0
+                d = m - mean[h][k]
+                mean[h][k] += beta * d
+                var[h][k] = (1 - beta) * (var[h][k] + beta * d * d) + beta * v
+                count[h][k] += len(vals)
+        out = torch.zeros_like(r)
+        for h in range(H):
+            for i, k in enumerate(bins):
+                a = (float(r[h, i]) - mean[h][k]) / (var[h][k] ** 0.5 + eps)
+                out[h, i] = max(-clip, min(clip, a))
+        outs.append(out)
+    return outs, torch.tensor(mean, dtype=torch.float64), torch.tensor(var, dtype=torch.float64)
+
+
+def test_vectorised_matches_loop_reference():
+    K = 4
+    norm = TimeBinnedNormalizer(heads=2, time_bins=K, momentum=0.3, eps=1e-4, clip=3.0).double()
+    batches = [(torch.randn(2, 12, dtype=torch.float64) + 2, torch.rand(12, dtype=torch.float64)) for _ in range(5)]
+    batches[1] = (batches[1][0], torch.full((12,), 0.1, dtype=torch.float64))  # a batch in one bin only
+    ref_out, ref_mean, ref_var = _loop_reference(batches, K, 0.3, 1e-4, 3.0)
+    for (r, t), ref in zip(batches, ref_out):
+        torch.testing.assert_close(norm(r, None, t), ref)
+    torch.testing.assert_close(norm.mean, ref_mean)
+    torch.testing.assert_close(norm.var, ref_var)
+
+
+def test_timestep_dependence_is_removed():
+    """Rewards that depend only on t give zero advantage once the bins have learned them."""
+    norm = TimeBinnedNormalizer(heads=1, time_bins=10, momentum=1.0)
+    t = (torch.arange(100) + 0.5) / 100
+    r = -(10 * t).floor().unsqueeze(0)  # constant within each bin, very different across bins
+    adv = norm(r, None, t)
+    assert adv.abs().max() < 1e-6
+    # the same rewards against batch statistics (no t) are strongly non-zero
+    assert norm(r, None, None).abs().max() > 1
+
+
+def test_nan_rewards_do_not_corrupt_statistics():
+    norm = TimeBinnedNormalizer(heads=1, time_bins=2)
+    t = torch.tensor([0.1, 0.2, 0.7, 0.8])
+    norm(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), None, t)
+    before = (norm.mean.clone(), norm.var.clone(), norm.count.clone())
+    adv = norm(torch.tensor([[float("nan"), float("inf"), float("nan"), float("-inf")]]), None, t)
+    assert torch.equal(adv, torch.zeros_like(adv))
+    for a, b in zip(before, (norm.mean, norm.var, norm.count)):
+        assert torch.equal(a, b)
+    # a partly bad batch updates only from its finite entries
+    adv = norm(torch.tensor([[float("nan"), 2.0, 3.0, 4.0]]), None, t)
+    assert adv[0, 0] == 0 and torch.isfinite(norm.mean).all() and norm.count[0, 0] == 3
+
+
+def test_mask_excludes_entries_and_eval_mode_freezes():
+    norm = TimeBinnedNormalizer(heads=2, time_bins=1)
+    r = torch.tensor([[1.0, 3.0], [5.0, 100.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    adv = norm(r, mask, torch.tensor([0.3, 0.6]))
+    assert norm.mean[1, 0] == 5.0 and adv[1, 1] == 0
+    norm.eval()
+    state = norm.mean.clone()
+    norm(r + 10, None, torch.tensor([0.3, 0.6]))
+    assert torch.equal(norm.mean, state)
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 16), scale=st.floats(1e-8, 1e8), bins=st.integers(1, 12))
+def test_always_finite_and_bounded(b, scale, bins):
+    norm = TimeBinnedNormalizer(heads=1, time_bins=bins, clip=5.0)
+    for _ in range(3):
+        adv = norm(torch.randn(1, b) * scale, None, torch.rand(b))
+        assert torch.isfinite(adv).all() and adv.abs().max() <= 5.0
+    assert torch.isfinite(norm.mean).all() and torch.isfinite(norm.var).all()

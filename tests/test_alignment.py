@@ -1,0 +1,241 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import repa_loop_loss
+from vrpo_loss import VRPOAlignment, VRPOConfig, VRPOOutput
+
+B, N, D = 4, 9, 12
+DIMS = (8, 6)
+
+
+def _inputs(encoders=1, dims=DIMS, dtype=torch.float32):
+    h = [torch.randn(B, N, D, dtype=dtype, requires_grad=True) for _ in range(encoders)]
+    y = [torch.randn(B, N, dims[e], dtype=dtype) for e in range(encoders)]
+    return h, y
+
+
+@pytest.mark.parametrize("encoders", [1, 2])
+@pytest.mark.parametrize("projected", [False, True])
+def test_repa_mode_equals_repa_formula(encoders, projected):
+    dims = DIMS[:encoders]
+    if projected:
+        align = VRPOAlignment(hidden_dim=None, target_dims=dims, mode="repa")
+        feats = [torch.randn(B, N, c, requires_grad=True) for c in dims]
+        zs_tilde = feats
+    else:
+        align = VRPOAlignment(hidden_dim=D, target_dims=dims, projector_dim=16, mode="repa")
+        feats = [torch.randn(B, N, D, requires_grad=True) for _ in dims]
+        zs_tilde = [p(h) for p, h in zip(align.projectors, feats)]
+    targets = [torch.randn(B, N, c) for c in dims]
+    out = align(feats if encoders > 1 else feats[0], targets if encoders > 1 else targets[0])
+    ref = repa_loop_loss(zs_tilde, targets)
+    torch.testing.assert_close(out.loss, ref)
+    params = list(feats) + list(align.parameters())
+    g = torch.autograd.grad(out.loss, params)
+    g_ref = torch.autograd.grad(ref, params)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b)
+    assert out.per_sample.shape == (B,)
+    torch.testing.assert_close(out.per_sample.mean(), out.loss)
+
+
+@pytest.mark.parametrize("policy", ["gaussian", "correspondence"])
+def test_vrpo_without_policy_and_weighting_has_repa_gradient(policy):
+    align = VRPOAlignment(hidden_dim=D, target_dims=DIMS, projector_dim=16, policy=policy, policy_coeff=0.0, sample_weight=0.0)
+    h, y = _inputs(2)
+    out = align(h, y, t=torch.rand(B), denoise_loss=torch.rand(B))
+    zs_tilde = [p(x) for p, x in zip(align.projectors, h)]
+    ref = repa_loop_loss(zs_tilde, y)
+    torch.testing.assert_close(out.loss, ref + 1.0)  # 1 - cos: REPA's loss plus a constant
+    params = h + list(align.parameters())
+    for a, b in zip(torch.autograd.grad(out.loss, params), torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(a, b)
+
+
+def test_sample_weights_from_time_binned_fidelity():
+    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), policy_coeff=0.0, sample_weight=1.0)
+    feats = torch.randn(B, N, 8, requires_grad=True)
+    y = torch.randn(B, N, 8)
+    t = torch.tensor([0.05, 0.06, 0.55, 0.56])
+    loss = torch.tensor([0.1, 0.9, 0.2, 0.8])  # within each bin, sample 0/2 denoise better
+    out = align(feats, y, t=t, denoise_loss=loss)
+    w = out.per_sample / (1 - F.cosine_similarity(feats, y, dim=-1)).mean(-1)
+    # each bin holds two samples; fidelity rewards -0.1/-0.9 and -0.2/-0.8 normalise to +-0.4/(0.4+eps), +-0.3/(0.3+eps)
+    a = torch.tensor([0.4 / 0.4001, -0.4 / 0.4001, 0.3 / 0.3001, -0.3 / 0.3001])
+    torch.testing.assert_close(w.detach(), (1 + a).clamp(0.5, 2.0))
+
+
+@pytest.mark.parametrize("policy", ["gaussian", "correspondence"])
+def test_gradient_routing(policy):
+    align = VRPOAlignment(hidden_dim=D, target_dims=(8,), projector_dim=16, policy=policy, group_size=4,
+                          decodability_weight=0.5, decodability_patch=1, decodability_channels=2,
+                          learn_sigma=(policy == "gaussian"))
+    h = torch.randn(B, N, D, requires_grad=True)
+    y = torch.randn(B, N, 8, requires_grad=True)
+    x0 = torch.randn(B, 2, 3, 3)
+    out = align(h, y, t=torch.rand(B), denoise_loss=torch.rand(B), x0=x0)
+    out.loss.backward()
+    assert y.grad is None  # nothing flows into the targets
+    assert h.grad is not None and h.grad.abs().sum() > 0
+    for p in align.projectors.parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    dec = align.token_heads[1]
+    for p in dec.parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0  # trained by its own loss
+    if policy == "gaussian":
+        assert align.policy.log_sigma[0].grad.abs().sum() > 0
+    for v in out.metrics.values():
+        assert not v.requires_grad and v.dim() == 0
+
+
+def test_decodability_head_does_not_push_the_projector():
+    """The head's supervised loss fits on mu.detach(): alone, it gives the projector no gradient."""
+    align = VRPOAlignment(hidden_dim=D, target_dims=(8,), projector_dim=16, policy_coeff=0.0, anchor_coeff=0.0,
+                          decodability_weight=1.0, decodability_patch=1, decodability_channels=2)
+    h = torch.randn(B, N, D, requires_grad=True)
+    out = align(h, torch.randn(B, N, 8), x0=torch.randn(B, 2, 3, 3))
+    out.loss.backward()
+    assert h.grad is None or h.grad.abs().sum() == 0
+    assert all(p.grad.abs().sum() > 0 for p in align.token_heads[1].parameters())
+
+
+def test_policy_term_pushes_features():
+    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), anchor_coeff=0.0)
+    feats = torch.randn(B, N, 8, requires_grad=True)
+    out = align(feats, torch.randn(B, N, 8))
+    out.loss.backward()
+    assert feats.grad.abs().sum() > 0
+    assert "signal_frac" in out.metrics and -1 <= out.metrics["signal_frac"] <= 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("policy", ["gaussian", "correspondence"])
+def test_low_precision_inputs_match_fp32(dtype, policy):
+    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), policy=policy)
+    feats = torch.randn(B, N, 8) * 0.05  # small features, as projected tokens early in training
+    y = torch.randn(B, N, 8) * 30  # large encoder tokens: fp16 normalisation would overflow
+    f_lo = feats.to(dtype).requires_grad_(True)
+    f_ref = f_lo.detach().float().requires_grad_(True)
+    state = copy.deepcopy(align.state_dict())
+    out_lo = align(f_lo, y.to(dtype), t=torch.rand(B))
+    align.load_state_dict(state)
+    out_ref = align(f_ref, y.to(dtype).float(), t=torch.rand(B))
+    assert out_lo.loss.dtype == torch.float32 and torch.isfinite(out_lo.loss)
+    torch.testing.assert_close(out_lo.loss, out_ref.loss, atol=1e-5, rtol=1e-5)
+    (g_lo,) = torch.autograd.grad(out_lo.loss, f_lo)
+    (g_ref,) = torch.autograd.grad(out_ref.loss, f_ref)
+    torch.testing.assert_close(g_lo.float(), g_ref.to(dtype).float(), atol=1e-2, rtol=1e-2)
+
+
+def test_under_cpu_autocast_with_projector():
+    align = VRPOAlignment(hidden_dim=D, target_dims=(8,), projector_dim=16)
+    h = torch.randn(B, N, D, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = align(h, torch.randn(B, N, 8).bfloat16(), t=torch.rand(B), denoise_loss=torch.rand(B).bfloat16())
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert torch.isfinite(h.grad).all()
+
+
+@pytest.mark.parametrize("policy", ["gaussian", "correspondence"])
+def test_state_dict_round_trip_gives_identical_next_losses(policy):
+    kw = dict(hidden_dim=D, target_dims=(8,), projector_dim=16, policy=policy, sample_weight=0.5, learn_sigma=policy == "gaussian")
+    a = VRPOAlignment(**kw)
+    opt = torch.optim.SGD(a.parameters(), lr=0.1)
+    batches = [(torch.randn(B, N, D), torch.randn(B, N, 8), torch.rand(B), torch.rand(B)) for _ in range(4)]
+    for h, y, t, l in batches[:2]:
+        opt.zero_grad()
+        a(h, y, t=t, denoise_loss=l).loss.backward()
+        opt.step()
+    b = VRPOAlignment(**kw)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    assert b.step == a.step == 2 and b.seed == a.seed
+    torch.testing.assert_close(b.normalizer.mean, a.normalizer.mean)
+    for h, y, t, l in batches[2:]:
+        la = a(h, y, t=t, denoise_loss=l)
+        lb = b(h, y, t=t, denoise_loss=l)
+        assert torch.equal(la.loss, lb.loss)
+        assert torch.equal(la.per_sample, lb.per_sample)
+
+
+def test_noise_differs_between_steps_and_is_deterministic_per_step():
+    a = VRPOAlignment(hidden_dim=None, target_dims=(8,), policy="gaussian")
+    feats, y = torch.randn(B, N, 8), torch.randn(B, N, 8)
+    l1 = a(feats, y).metrics["rewards/semantic/mean"]
+    l2 = a(feats, y).metrics["rewards/semantic/mean"]
+    assert l1 != l2  # new noise each step
+    a.step = 0
+    assert a(feats, y).metrics["rewards/semantic/mean"] == l1
+
+
+@pytest.mark.parametrize("policy", ["gaussian", "correspondence"])
+def test_no_host_device_sync_in_forward_without_validation(policy, monkeypatch):
+    align = VRPOAlignment(hidden_dim=D, target_dims=(8,), projector_dim=16, policy=policy, validate=False, sample_weight=0.5)
+    h = torch.randn(B, N, D, requires_grad=True)
+    y, t, l = torch.randn(B, N, 8), torch.rand(B), torch.rand(B)
+
+    def forbidden(*a, **k):
+        raise AssertionError("host-device synchronisation in forward")
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    out = align(h, y, t=t, denoise_loss=l)
+    monkeypatch.undo()
+    assert torch.isfinite(out.loss)
+
+
+def test_validation_reads_values_once(monkeypatch):
+    align = VRPOAlignment(hidden_dim=D, target_dims=(8,), projector_dim=16)
+    calls = []
+    real = torch.Tensor.cpu
+
+    def counting(self, *a, **k):
+        calls.append(self.shape)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting)
+    align(torch.randn(B, N, D), torch.randn(B, N, 8), t=torch.rand(B), denoise_loss=torch.rand(B))
+    assert len(calls) == 1
+
+
+def test_torch_compile_smoke():
+    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), validate=False)
+    compiled = torch.compile(align, backend="eager")
+    feats = torch.randn(B, N, 8, requires_grad=True)
+    y = torch.randn(B, N, 8)
+    out = compiled(feats, y, t=torch.rand(B))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and feats.grad is not None
+    align.step = 0
+    ref = align(feats, y, t=torch.rand(B))
+    assert torch.isfinite(ref.loss)
+
+
+def test_resample_tokens():
+    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), mode="repa", resample_tokens=True)
+    feats = torch.randn(2, 16, 8)
+    y = torch.randn(2, 64, 8)
+    out = align(feats, y)
+    grid = F.interpolate(y.transpose(1, 2).reshape(2, 8, 8, 8), size=(4, 4), mode="bilinear", align_corners=False)
+    ref = repa_loop_loss([feats], [grid.reshape(2, 8, 16).transpose(1, 2)])
+    torch.testing.assert_close(out.loss, ref)
+
+
+def test_config_object_and_kwargs():
+    cfg = VRPOConfig(hidden_dim=None, target_dims=(8,), tau=0.2)
+    a = VRPOAlignment(cfg, tau=0.3)
+    assert a.config.tau == 0.3 and cfg.tau == 0.2
+    out = a(torch.randn(B, N, 8), torch.randn(B, N, 8))
+    assert isinstance(out, VRPOOutput)
+    with pytest.raises(TypeError, match="unknown option"):
+        VRPOAlignment(hidden_dim=None, target_dims=(8,), group=4)
+
+
+def test_eval_mode_does_not_advance_or_update():
+    a = VRPOAlignment(hidden_dim=None, target_dims=(8,), sample_weight=0.5)
+    a.eval()
+    a(torch.randn(B, N, 8), torch.randn(B, N, 8), t=torch.rand(B), denoise_loss=torch.rand(B))
+    assert a.step == 0 and a.normalizer.count.sum() == 0
