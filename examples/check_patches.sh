@@ -40,7 +40,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 (cd "$DIR" && git apply --check "$PATCH")
 echo "[check] git apply --check $(basename "$PATCH"): clean"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/vrpo-check-$KIND.XXXXXX")
+WORK=$(mktemp -d -t "vrpo-check-$KIND.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir "$WORK/repo"
 (cd "$DIR" && tar --exclude=.git -cf - .) | (cd "$WORK/repo" && tar -xf -)
