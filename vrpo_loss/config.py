@@ -45,6 +45,7 @@ class VRPOConfig:
     sigma: float = _opt(0.1, "Gaussian policy: exploration std. In 'sphere' space relative to the unit sphere (noise norm ~ sigma); in 'euclidean' per channel, absolute.")
     space: str = _opt("sphere", "Gaussian policy: 'sphere' samples around normalize(mu) and normalises the action; 'euclidean' samples around mu (the first prototype).")
     antithetic: bool = _opt(True, "Gaussian policy: draw noise in antithetic pairs (eps, -eps); needs an even group_size.")
+    control_variate: bool = _opt(False, "Gaussian policy: use the reward's linearisation at the mean as a control variate: its part of the policy gradient is taken in closed form and only the curvature residual is sampled.")
     learn_sigma: bool = _opt(False, "Gaussian policy: learn log-sigma per channel (a parameter: give it to the optimizer).")
     sigma_final: Optional[float] = _opt(None, "Gaussian policy: if set, sigma decays log-linearly from sigma to this over sigma_decay_steps.")
     sigma_decay_steps: int = _opt(0, "Gaussian policy: steps of the sigma schedule (0: constant).")

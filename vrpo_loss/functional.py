@@ -88,6 +88,8 @@ def group_advantage(
     clip: Optional[float] = None,
     dim: int = 0,
     zero_std_atol: float = 1e-8,
+    std: Optional[torch.Tensor] = None,
+    batch_std: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-relative advantage (GRPO): ``(r - mean_G r) / (std_G r + eps)``.
 
@@ -100,6 +102,9 @@ def group_advantage(
         clip: clamp the advantage to ``[-clip, clip]`` when given.
         dim: the group dimension.
         zero_std_atol: groups whose std is below this get a zero advantage.
+        std: the std of each group, if known better than from the samples (keepdim shape; with a
+            control variate, ``rewards`` are residuals and ``std`` is the full reward's spread).
+        batch_std: the std used by ``scale="batch"`` (default: of all ``rewards``).
 
     Returns:
         ``(advantage, zero_std)``: the advantage, same shape as ``rewards``, and a bool tensor that
@@ -113,11 +118,12 @@ def group_advantage(
             f"rewards: a group needs at least 2 actions along dim {dim}, got shape {tuple(rewards.shape)}; "
             "a group of one has no relative advantage"
         )
-    mean = rewards.mean(dim=dim, keepdim=True)
-    centred = rewards - mean
-    std = rewards.std(dim=dim, keepdim=True, unbiased=False)
+    centred = rewards - rewards.mean(dim=dim, keepdim=True)
+    if std is None:
+        std = rewards.std(dim=dim, keepdim=True, unbiased=False)
     zero_std = std.squeeze(dim) <= zero_std_atol
-    return _scaled(centred, std, lambda: rewards.std(unbiased=False), zero_std.unsqueeze(dim), scale, eps, clip), zero_std
+    whole = (lambda: rewards.std(unbiased=False)) if batch_std is None else (lambda: batch_std)
+    return _scaled(centred, std, whole, zero_std.unsqueeze(dim), scale, eps, clip), zero_std
 
 
 def candidate_advantage(

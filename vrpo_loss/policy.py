@@ -97,6 +97,9 @@ class GaussianPolicy(Policy):
             ``sigma / sqrt(C)``; per channel and absolute in 'euclidean' space).
         space: 'sphere' or 'euclidean'.
         antithetic: noise in pairs (eps, -eps).
+        control_variate: subtract the reward's linearisation at the mean, ``r(m0) + grad r(m0) . d``,
+            from the sampled rewards and add its exact contribution, ``grad r(m0) / (C * scale)``,
+            in closed form (the token heads must be differentiable in ``z``).
         learn_sigma: learn log-sigma per channel and encoder.
         sigma_final, sigma_decay_steps: optional log-linear schedule of sigma.
         sigma_min, sigma_max: clamp of sigma.
@@ -112,6 +115,7 @@ class GaussianPolicy(Policy):
         sigma: float = 0.1,
         space: str = "sphere",
         antithetic: bool = True,
+        control_variate: bool = False,
         learn_sigma: bool = False,
         sigma_final=None,
         sigma_decay_steps: int = 0,
@@ -128,6 +132,7 @@ class GaussianPolicy(Policy):
         self.sigma = sigma
         self.space = space
         self.antithetic = antithetic
+        self.control_variate = control_variate
         self.sigma_final = sigma_final
         self.sigma_decay_steps = sigma_decay_steps
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
@@ -171,6 +176,20 @@ class GaussianPolicy(Policy):
     def _chunk_seeds(self, seed: int, k: int):
         return [(seed * 1_000_003 + i) % (1 << 62) for i in range(len(range(0, self.group_size, k)))]
 
+    def _reward_gradient(self, m0: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead]) -> torch.Tensor:
+        """Gradient of the weighted token reward with respect to the action's offset, at zero offset.
+
+        Shape: m0 (B, N, C) -> (B, N, C).
+        """
+        with torch.enable_grad():
+            x = m0.detach().clone().requires_grad_(True)
+            z = F.normalize(x, dim=-1) if self.space == "sphere" else x
+            total = sum(h.weight * h.action_reward(z.unsqueeze(0), ctx).float() for h in heads)
+            if not isinstance(total, torch.Tensor) or not total.requires_grad:
+                raise ValueError("control_variate: the token-level reward heads must be differentiable in z; set control_variate=False")
+            (grad,) = torch.autograd.grad(total.sum(), x)
+        return grad
+
     def chunk_size(self, b: int, n: int, c: int) -> int:
         """Actions per chunk under the memory bound (even when antithetic, at least 1 or 2)."""
         k = max(1, self.max_action_elements // max(1, b * n * c))
@@ -195,20 +214,31 @@ class GaussianPolicy(Policy):
         gen = torch.Generator(device=dev)
         seeds = self._chunk_seeds(seed, k)
 
+        lin = self._reward_gradient(m0, ctx, heads) if self.control_variate else None  # (B, N, C)
+
         # stage 1: rewards of every action (noise kept when the whole group fits in one chunk)
-        rewards, kept = [], None
+        rewards, residuals, kept = [], [], None
         with torch.no_grad():
             for i, g0 in enumerate(starts):
                 eps = self._noise(gen, seeds[i], min(k, G - g0), (b, n, c), dev)
                 x = m0 + s0 * eps
                 z = F.normalize(x, dim=-1) if self.space == "sphere" else x
                 rewards.append(_weighted_heads(heads, lambda h: h.action_reward(z, ctx), metrics, torch.mean))
+                if lin is not None:
+                    residuals.append(rewards[-1] - (lin * (s0 * eps)).sum(-1))
                 if len(starts) == 1:
                     kept = eps
         r = torch.cat(rewards)  # (G, B, N)
 
-        # stage 2: group-relative advantages
-        adv, zero_std = group_advantage(r, scale=self.adv_scale, eps=self.adv_eps, clip=self.adv_clip)
+        # stage 2: group-relative advantages (with a control variate: of the residual, scaled by the
+        # full reward's spread, whose linear part var(lin . d) = sum_c lin_c^2 s_c^2 is known exactly)
+        if lin is None:
+            res, std = r, None
+        else:
+            res = torch.cat(residuals)
+            std = ((lin.pow(2) * s0.pow(2)).sum(-1) + res.var(0, unbiased=False)).sqrt().unsqueeze(0)
+        adv, zero_std = group_advantage(res, scale=self.adv_scale, eps=self.adv_eps, clip=self.adv_clip, std=std,
+                                        batch_std=r.std(unbiased=False))
         coef = weight.view(1, b, 1) * adv / (G * n)  # (G, B, N): weight of each action's log-prob
 
         # stage 3: surrogate from sufficient statistics of the offsets d_g = x_g - m0 = s0 * eps_g
@@ -228,6 +258,19 @@ class GaussianPolicy(Policy):
         f = logp_sum.sum(-1)  # (B,)
         # negated clipped surrogate at rho == 1: value -mean(w A), gradient -mean(w A grad log pi)
         pg = -coef.sum(dim=(0, 2)) - (f - f.detach())
+        g_lin = None
+        if lin is not None:
+            # the linear part's expected score-function gradient on m, E[(lin . d) grad log pi] / scale,
+            # is lin / (C * scale) exactly (log-probs are channel means); zero for zero-variance groups
+            if self.adv_scale == "group":
+                spread = std.squeeze(0) + self.adv_eps
+            elif self.adv_scale == "batch":
+                spread = (r.std(unbiased=False) + self.adv_eps).expand(b, n)
+            else:
+                spread = torch.ones_like(r[0])
+            g_lin = (weight.view(b, 1, 1) / n) * lin / (c * spread.unsqueeze(-1))
+            g_lin = g_lin.masked_fill(zero_std.unsqueeze(-1), 0.0)
+            pg = pg - (g_lin * (m - m0)).sum(dim=(1, 2))
 
         with torch.no_grad():
             metrics["sigma"] = (s0 * (math.sqrt(c) if self.space == "sphere" else 1.0)).mean()
@@ -239,6 +282,8 @@ class GaussianPolicy(Policy):
             metrics["kl"] = ((1 - cos) / (s0.mean() * math.sqrt(c) if self.space == "sphere" else s0.mean()).pow(2)).mean()
             if diagnostics:
                 g_m = -S1 / (c * s0.pow(2))  # d pg / d m
+                if g_lin is not None:
+                    g_m = g_m - g_lin
                 if self.space == "sphere":
                     g_mu = tangent(g_m, m0) / mu.norm(dim=-1, keepdim=True).clamp_min(1e-12)
                 else:
