@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .functional import candidate_advantage, clipped_surrogate, gaussian_log_prob, group_advantage, tangent, token_cosine
-from .rewards import RewardContext, RewardHead
+from .rewards import RewardContext, RewardHead, SemanticReward
 
 __all__ = ["Policy", "GaussianPolicy", "CorrespondencePolicy", "signal_fraction"]
 
@@ -42,9 +42,19 @@ def signal_fraction(policy_grad_mu: torch.Tensor, mu: torch.Tensor, y_unit: torc
     Shape:
         policy_grad_mu, mu, y_unit: (B, N, C). Output: scalar.
     """
-    norm = mu.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    repa = -tangent(y_unit, mu / norm) / norm
-    return F.cosine_similarity(policy_grad_mu.flatten(), repa.flatten(), dim=0, eps=1e-20)
+    # REPA's gradient per token is r = -(y - (y.u) u) / |mu| with u = mu / |mu|; the cosine needs only
+    # per-token dot products (no (B, N, C) temporaries beyond them): g.r, |g|^2 and |r|^2.
+    raw = torch.linalg.vector_norm(mu, dim=-1)
+    norm = raw.clamp_min(1e-12)
+    g = policy_grad_mu
+    yu = torch.linalg.vecdot(y_unit, mu) / norm
+    gu = torch.linalg.vecdot(g, mu) / norm
+    uu = (raw / norm).square()
+    dot = (-(torch.linalg.vecdot(g, y_unit) - yu * gu) / norm).sum()
+    yy = torch.linalg.vector_norm(y_unit, dim=-1).square()
+    rr = ((yy - 2 * yu.square() + yu.square() * uu).clamp_min(0) / norm.square()).sum()
+    gg = torch.linalg.vector_norm(g).square()
+    return dot / (gg * rr).clamp_min(1e-40).sqrt()
 
 
 class _GradientGiven(torch.autograd.Function):
@@ -188,6 +198,31 @@ class GaussianPolicy(Policy):
     def _chunk_seeds(self, seed: int, k: int):
         return [(seed * 1_000_003 + i) % (1 << 62) for i in range(len(range(0, self.group_size, k)))]
 
+    def _draw(self, gen: torch.Generator, seed: int, k: int, shape, device) -> torch.Tensor:
+        """The independent part of a chunk of ``k`` draws: its first half when antithetic, else all of it."""
+        gen.manual_seed(seed)
+        return torch.randn((k // 2 if self.antithetic else k, *shape), generator=gen, device=device)
+
+    def _semantic_rewards(self, half: torch.Tensor, m0: torch.Tensor, s0: torch.Tensor, y_unit: torch.Tensor) -> torch.Tensor:
+        """``cos(z_g, y)`` of a chunk's actions without materialising them (scalar sigma, semantic reward).
+
+        With ``x = m0 + s0 * eps``: ``x . y = m0 . y + s0 (eps . y)`` and
+        ``|x|^2 = |m0|^2 + 2 s0 (eps . m0) + s0^2 |eps|^2``, so each action needs three reductions of its
+        noise; the antithetic partner ``-eps`` reuses them with the signs of the odd terms flipped.
+
+        Shape:
+            half: (K, B, N, C); m0, y_unit: (B, N, C). Output: (2K, B, N) when antithetic, else (K, B, N).
+        """
+        ey = torch.linalg.vecdot(half, y_unit)  # (K, B, N)
+        em = torch.linalg.vecdot(half, m0)
+        ee = torch.linalg.vector_norm(half, dim=-1).square_()
+        my = torch.linalg.vecdot(m0, y_unit)  # (B, N)
+        mm = torch.linalg.vector_norm(m0, dim=-1).square_()
+        even = mm + (s0 * s0) * ee
+        def cos(sign: float) -> torch.Tensor:
+            return (my + sign * s0 * ey) / (even + sign * 2 * s0 * em).clamp_min(0).sqrt().clamp_min(1e-12)
+        return torch.cat([cos(1.0), cos(-1.0)]) if self.antithetic else cos(1.0)
+
     def chunk_size(self, b: int, n: int, c: int) -> int:
         """Actions per chunk under the memory bound (even when antithetic, at least 1 or 2)."""
         k = max(1, self.max_action_elements // max(1, b * n * c))
@@ -212,33 +247,55 @@ class GaussianPolicy(Policy):
         gen = torch.Generator(device=dev)
         seeds = self._chunk_seeds(seed, k)
 
-        # stage 1: rewards of every action (noise kept when the whole group fits in one chunk)
+        # stage 1: rewards of every action (noise kept when the whole group fits in one chunk). With
+        # antithetic pairs only the first half of each chunk's noise is drawn and held: the second is its negation.
+        semantic_only = s0.dim() == 0 and all(type(h) is SemanticReward for h in heads) and len(heads) > 0
+        y_unit = F.normalize(y, dim=-1) if semantic_only else None
         rewards, kept = [], None
         with torch.no_grad():
             for i, g0 in enumerate(starts):
-                eps = self._noise(gen, seeds[i], min(k, G - g0), (b, n, c), dev)
-                x = m0 + s0 * eps
-                z = F.normalize(x, dim=-1) if self.space == "sphere" else x
-                rewards.append(_weighted_heads(heads, lambda h: h.action_reward(z, ctx), metrics, torch.mean))
+                half = self._draw(gen, seeds[i], min(k, G - g0), (b, n, c), dev)
+                if semantic_only:
+                    r_chunk = self._semantic_rewards(half, m0, s0, y_unit)
+                    total = None
+                    for h in heads:
+                        metrics[f"rewards/{h.name}/mean"] = r_chunk.mean()
+                        total = h.weight * r_chunk if total is None else total + h.weight * r_chunk
+                    rewards.append(total)
+                else:
+                    eps = torch.cat([half, -half]) if self.antithetic else half
+                    x = m0 + s0 * eps
+                    z = F.normalize(x, dim=-1) if self.space == "sphere" else x
+                    rewards.append(_weighted_heads(heads, lambda h: h.action_reward(z, ctx), metrics, torch.mean))
+                    del eps, x, z
                 if len(starts) == 1:
-                    kept = eps
+                    kept = half
         r = torch.cat(rewards)  # (G, B, N)
 
         # stage 2: group-relative advantages
         adv, zero_std = group_advantage(r, scale=self.adv_scale, eps=self.adv_eps, clip=self.adv_clip)
         coef = weight.view(1, b, 1) * adv / (G * n)  # (G, B, N): weight of each action's log-prob
 
-        # stage 3: surrogate from sufficient statistics of the offsets d_g = x_g - m0 = s0 * eps_g
+        # stage 3: surrogate from sufficient statistics of the offsets d_g = x_g - m0 = s0 * eps_g:
+        # S1 = sum_g c_g d_g and S2 = sum_g c_g d_g^2, accumulated in place one action (pair) at a time
         with torch.no_grad():
             S0 = coef.sum(0).unsqueeze(-1)  # (B, N, 1)
             S1 = torch.zeros_like(m0)
             S2 = torch.zeros_like(m0)
+            sq_buf = torch.empty_like(m0)
             for i, g0 in enumerate(starts):
-                eps = kept if kept is not None else self._noise(gen, seeds[i], min(k, G - g0), (b, n, c), dev)
-                cg = coef[g0 : g0 + eps.shape[0]].unsqueeze(-1)
-                d = s0 * eps
-                S1 += (cg * d).sum(0)
-                S2 += (cg * d * d).sum(0)
+                half = kept if kept is not None else self._draw(gen, seeds[i], min(k, G - g0), (b, n, c), dev)
+                cg = coef[g0 : g0 + min(k, G - g0)]
+                if self.antithetic:  # c_g d_g + c_g' (-d_g) and c_g d_g^2 + c_g' d_g^2
+                    h = half.shape[0]
+                    c1, c2 = cg[:h] - cg[h:], cg[:h] + cg[h:]
+                else:
+                    c1 = c2 = cg
+                for j in range(half.shape[0]):
+                    S1.addcmul_(c1[j].unsqueeze(-1), half[j])
+                    S2.addcmul_(c2[j].unsqueeze(-1), torch.mul(half[j], half[j], out=sq_buf))
+            S1.mul_(s0)
+            S2.mul_(s0 * s0)
         delta = m0 - m  # zero in value; carries the gradient to mu
         sq = S2 + 2 * delta * S1 + delta.pow(2) * S0  # sum_g c_g (x_g - m)^2
         logp_sum = (-0.5 * sq / s.pow(2) - torch.log(s) * S0).mean(-1)  # sum_g c_g log pi(x_g), up to a constant
