@@ -229,8 +229,9 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_step(trainer: Trainer, arm: str) -> float:
-    """Seconds of one step: CUDA events on a GPU, perf_counter on the CPU."""
+def time_step(trainer: Trainer, arm: str):
+    """Seconds of one step as ``(time, wall)``: CUDA events on a GPU (both); on the CPU the process's
+    CPU time (robust to the process being descheduled on a shared machine) and the wall time."""
     dev = trainer.device
     if dev.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -239,10 +240,11 @@ def time_step(trainer: Trainer, arm: str) -> float:
         trainer.step(arm)
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
+        dt = start.elapsed_time(end) / 1e3
+        return dt, dt
+    w0, c0 = time.perf_counter(), time.process_time()
     trainer.step(arm)
-    return time.perf_counter() - t0
+    return time.process_time() - c0, time.perf_counter() - w0
 
 
 def peak_bytes(trainer: Trainer, arm: str) -> int:
@@ -279,13 +281,15 @@ def run(args, preset: str, batch: int, device, amp_dtype, log=print) -> List[dic
         trainer.model = _CompiledView(model)
     names = list(arms)
     times: Dict[str, List[float]] = {k: [] for k in names}
+    walls: Dict[str, List[float]] = {k: [] for k in names}
     rounds = args.warmup + args.steps
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]  # rotate: no arm always runs first
         for arm in order:
-            dt = time_step(trainer, arm)
+            dt, wall = time_step(trainer, arm)
             if r >= args.warmup:
                 times[arm].append(dt)
+                walls[arm].append(wall)
         if log is not None and (r + 1) % max(1, rounds // 5) == 0:
             log(f"  [{preset} B={batch}] round {r + 1}/{rounds}")
     peaks = {arm: peak_bytes(trainer, arm) for arm in names} if args.memory else {}
@@ -296,7 +300,8 @@ def run(args, preset: str, batch: int, device, amp_dtype, log=print) -> List[dic
         med = statistics.median(times[arm])
         q = statistics.quantiles(times[arm], n=4) if len(times[arm]) >= 2 else [med, med, med]
         row = dict(preset=preset, batch=batch, arm=arm, median_s=med, q1_s=q[0], q3_s=q[2], mean_s=statistics.fmean(times[arm]),
-                   steps=len(times[arm]), time_ratio=med / ref_t if ref_t else None)
+                   steps=len(times[arm]), time_ratio=med / ref_t if ref_t else None,
+                   wall_median_s=statistics.median(walls[arm]), wall_ratio=statistics.median(walls[arm]) / statistics.median(walls["repa"]) if ref_t else None)
         if peaks:
             row.update(peak_mib=peaks[arm] / 2**20, mem_ratio=peaks[arm] / ref_m if ref_m else None)
         rows.append(row)
@@ -368,12 +373,15 @@ def machine(device) -> str:
 
 
 def table(rows: List[dict]) -> str:
-    out = ["| shapes | batch | arm | median step (ms) | IQR (ms) | time / REPA | peak memory (MiB) | memory / REPA |", "|---|---|---|---|---|---|---|---|"]
+    out = ["| shapes | batch | arm | median step (ms) | IQR (ms) | time / REPA | wall median (ms) | wall / REPA | peak memory (MiB) | memory / REPA |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tr = f"{r['time_ratio']:.3f}" if r.get("time_ratio") else "-"
         pm = f"{r['peak_mib']:.0f}" if "peak_mib" in r else "-"
         mr = f"{r['mem_ratio']:.3f}" if r.get("mem_ratio") else "-"
-        out.append(f"| SiT-{r['preset']} | {r['batch']} | {r['arm']} | {r['median_s'] * 1e3:.0f} | {r['q1_s'] * 1e3:.0f}-{r['q3_s'] * 1e3:.0f} | {tr} | {pm} | {mr} |")
+        wr = f"{r['wall_ratio']:.3f}" if r.get("wall_ratio") else "-"
+        out.append(f"| SiT-{r['preset']} | {r['batch']} | {r['arm']} | {r['median_s'] * 1e3:.0f} | {r['q1_s'] * 1e3:.0f}-{r['q3_s'] * 1e3:.0f} | {tr} "
+                   f"| {r['wall_median_s'] * 1e3:.0f} | {wr} | {pm} | {mr} |")
     return "\n".join(out)
 
 
