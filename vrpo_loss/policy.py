@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .functional import candidate_advantage, clipped_surrogate, gaussian_log_prob, group_advantage, tangent, token_cosine
-from .rewards import RewardContext, RewardHead
+from .rewards import RewardContext, RewardHead, SemanticReward
 
 __all__ = ["Policy", "GaussianPolicy", "CorrespondencePolicy", "signal_fraction"]
 
@@ -42,9 +42,36 @@ def signal_fraction(policy_grad_mu: torch.Tensor, mu: torch.Tensor, y_unit: torc
     Shape:
         policy_grad_mu, mu, y_unit: (B, N, C). Output: scalar.
     """
-    norm = mu.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    repa = -tangent(y_unit, mu / norm) / norm
-    return F.cosine_similarity(policy_grad_mu.flatten(), repa.flatten(), dim=0, eps=1e-20)
+    # REPA's gradient per token is r = -(y - (y.u) u) / |mu| with u = mu / |mu|; the cosine needs only
+    # per-token dot products (no (B, N, C) temporaries beyond them): g.r, |g|^2 and |r|^2.
+    raw = torch.linalg.vector_norm(mu, dim=-1)
+    norm = raw.clamp_min(1e-12)
+    g = policy_grad_mu
+    yu = torch.linalg.vecdot(y_unit, mu) / norm
+    gu = torch.linalg.vecdot(g, mu) / norm
+    uu = (raw / norm).square()
+    dot = (-(torch.linalg.vecdot(g, y_unit) - yu * gu) / norm).sum()
+    yy = torch.linalg.vector_norm(y_unit, dim=-1).square()
+    rr = ((yy - 2 * yu.square() + yu.square() * uu).clamp_min(0) / norm.square()).sum()
+    gg = torch.linalg.vector_norm(g).square()
+    return dot / (gg * rr).clamp_min(1e-40).sqrt()
+
+
+class _GradientGiven(torch.autograd.Function):
+    """``value`` (B,) in the forward pass; ``grad_output[b] * grad[b]`` on ``x`` (B, ...) in the backward pass.
+
+    For per-sample terms whose gradient on ``x`` is computed in closed form with the value.
+    """
+
+    @staticmethod
+    def forward(ctx, x, value, grad):
+        ctx.save_for_backward(grad)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad_output.view(-1, *([1] * (grad.dim() - 1))) * grad, None, None
 
 
 class Policy(nn.Module):
@@ -190,6 +217,31 @@ class GaussianPolicy(Policy):
             (grad,) = torch.autograd.grad(total.sum(), x)
         return grad
 
+    def _draw(self, gen: torch.Generator, seed: int, k: int, shape, device, dtype=torch.float32) -> torch.Tensor:
+        """The independent part of a chunk of ``k`` draws: its first half when antithetic, else all of it."""
+        gen.manual_seed(seed)
+        return torch.randn((k // 2 if self.antithetic else k, *shape), generator=gen, device=device, dtype=dtype)
+
+    def _semantic_rewards(self, half: torch.Tensor, m0: torch.Tensor, s0: torch.Tensor, y_unit: torch.Tensor) -> torch.Tensor:
+        """``cos(z_g, y)`` of a chunk's actions without materialising them (scalar sigma, semantic reward).
+
+        With ``x = m0 + s0 * eps``: ``x . y = m0 . y + s0 (eps . y)`` and
+        ``|x|^2 = |m0|^2 + 2 s0 (eps . m0) + s0^2 |eps|^2``, so each action needs three reductions of its
+        noise; the antithetic partner ``-eps`` reuses them with the signs of the odd terms flipped.
+
+        Shape:
+            half: (K, B, N, C); m0, y_unit: (B, N, C). Output: (2K, B, N) when antithetic, else (K, B, N).
+        """
+        ey = torch.linalg.vecdot(half, y_unit)  # (K, B, N)
+        em = torch.linalg.vecdot(half, m0)
+        ee = torch.linalg.vector_norm(half, dim=-1).square_()
+        my = torch.linalg.vecdot(m0, y_unit)  # (B, N)
+        mm = torch.linalg.vector_norm(m0, dim=-1).square_()
+        even = mm + (s0 * s0) * ee
+        def cos(sign: float) -> torch.Tensor:
+            return (my + sign * s0 * ey) / (even + sign * 2 * s0 * em).clamp_min(0).sqrt().clamp_min(1e-12)
+        return torch.cat([cos(1.0), cos(-1.0)]) if self.antithetic else cos(1.0)
+
     def chunk_size(self, b: int, n: int, c: int) -> int:
         """Actions per chunk under the memory bound (even when antithetic, at least 1 or 2)."""
         k = max(1, self.max_action_elements // max(1, b * n * c))
@@ -214,20 +266,33 @@ class GaussianPolicy(Policy):
         gen = torch.Generator(device=dev)
         seeds = self._chunk_seeds(seed, k)
 
+        # stage 1: rewards of every action (noise kept when the whole group fits in one chunk). With
+        # antithetic pairs only the first half of each chunk's noise is drawn and held: the second is its negation.
+        semantic_only = s0.dim() == 0 and all(type(h) is SemanticReward for h in heads) and len(heads) > 0
+        y_unit = F.normalize(y, dim=-1) if semantic_only else None
         lin = self._reward_gradient(m0, ctx, heads) if self.control_variate else None  # (B, N, C)
-
-        # stage 1: rewards of every action (noise kept when the whole group fits in one chunk)
         rewards, residuals, kept = [], [], None
         with torch.no_grad():
             for i, g0 in enumerate(starts):
-                eps = self._noise(gen, seeds[i], min(k, G - g0), (b, n, c), dev)
-                x = m0 + s0 * eps
-                z = F.normalize(x, dim=-1) if self.space == "sphere" else x
-                rewards.append(_weighted_heads(heads, lambda h: h.action_reward(z, ctx), metrics, torch.mean))
-                if lin is not None:
-                    residuals.append(rewards[-1] - (lin * (s0 * eps)).sum(-1))
+                half = self._draw(gen, seeds[i], min(k, G - g0), (b, n, c), dev, m0.dtype)
+                if semantic_only:
+                    r_chunk = self._semantic_rewards(half, m0, s0, y_unit)
+                    total = None
+                    for h in heads:
+                        metrics[f"rewards/{h.name}/mean"] = r_chunk.mean()
+                        total = h.weight * r_chunk if total is None else total + h.weight * r_chunk
+                    rewards.append(total)
+                else:
+                    eps = torch.cat([half, -half]) if self.antithetic else half
+                    x = m0 + s0 * eps
+                    z = F.normalize(x, dim=-1) if self.space == "sphere" else x
+                    rewards.append(_weighted_heads(heads, lambda h: h.action_reward(z, ctx), metrics, torch.mean))
+                    del eps, x, z
+                if lin is not None:  # minus the linearisation lin . d_g (odd in the noise)
+                    el = torch.linalg.vecdot(half, lin * s0)
+                    residuals.append(rewards[-1] - (torch.cat([el, -el]) if self.antithetic else el))
                 if len(starts) == 1:
-                    kept = eps
+                    kept = half
         r = torch.cat(rewards)  # (G, B, N)
 
         # stage 2: group-relative advantages (with a control variate: of the residual, scaled by the
@@ -241,17 +306,26 @@ class GaussianPolicy(Policy):
                                         batch_std=r.std(unbiased=False))
         coef = weight.view(1, b, 1) * adv / (G * n)  # (G, B, N): weight of each action's log-prob
 
-        # stage 3: surrogate from sufficient statistics of the offsets d_g = x_g - m0 = s0 * eps_g
+        # stage 3: surrogate from sufficient statistics of the offsets d_g = x_g - m0 = s0 * eps_g:
+        # S1 = sum_g c_g d_g and S2 = sum_g c_g d_g^2, accumulated in place one action (pair) at a time
         with torch.no_grad():
             S0 = coef.sum(0).unsqueeze(-1)  # (B, N, 1)
             S1 = torch.zeros_like(m0)
             S2 = torch.zeros_like(m0)
+            sq_buf = torch.empty_like(m0)
             for i, g0 in enumerate(starts):
-                eps = kept if kept is not None else self._noise(gen, seeds[i], min(k, G - g0), (b, n, c), dev)
-                cg = coef[g0 : g0 + eps.shape[0]].unsqueeze(-1)
-                d = s0 * eps
-                S1 += (cg * d).sum(0)
-                S2 += (cg * d * d).sum(0)
+                half = kept if kept is not None else self._draw(gen, seeds[i], min(k, G - g0), (b, n, c), dev, m0.dtype)
+                cg = coef[g0 : g0 + min(k, G - g0)]
+                if self.antithetic:  # c_g d_g + c_g' (-d_g) and c_g d_g^2 + c_g' d_g^2
+                    h = half.shape[0]
+                    c1, c2 = cg[:h] - cg[h:], cg[:h] + cg[h:]
+                else:
+                    c1 = c2 = cg
+                for j in range(half.shape[0]):
+                    S1.addcmul_(c1[j].unsqueeze(-1), half[j])
+                    S2.addcmul_(c2[j].unsqueeze(-1), torch.mul(half[j], half[j], out=sq_buf))
+            S1.mul_(s0)
+            S2.mul_(s0 * s0)
         delta = m0 - m  # zero in value; carries the gradient to mu
         sq = S2 + 2 * delta * S1 + delta.pow(2) * S0  # sum_g c_g (x_g - m)^2
         logp_sum = (-0.5 * sq / s.pow(2) - torch.log(s) * S0).mean(-1)  # sum_g c_g log pi(x_g), up to a constant
@@ -316,6 +390,49 @@ class CorrespondencePolicy(Policy):
         return torch.log_softmax(logits, dim=-1)
 
     def term(self, mu, ctx, heads, weight, *, seed, diagnostics):
+        """The policy term with its gradient on ``mu`` in closed form (one fused pass, no autograd graph).
+
+        At ``rho == 1`` (one on-policy update) the clipped surrogate's value is ``-A`` and its gradient
+        ``-A grad log pi``, so ``d pg_b / d logits[b, i, j] = -(w_b / N) pi_ij (A_ij - E_pi[A_i])``;
+        it is mapped to ``mu`` through the cosine logits and ``normalize``. Value and gradient equal
+        :meth:`term_autograd`, which the tests use as the reference. The gradient on ``mu`` is then
+        at hand, so the signal-fraction diagnostic costs no extra matmul.
+        """
+        b, n, c = mu.shape
+        y = ctx.targets.detach()
+        metrics: Metrics = {}
+        with torch.no_grad():
+            mu0 = mu.detach()
+            norm = mu0.norm(dim=-1, keepdim=True)
+            denom = norm.clamp_min(1e-12)  # as F.normalize
+            u = mu0 / denom
+            logp = torch.log_softmax(torch.bmm(u, y.transpose(1, 2)) / self.tau, dim=-1)
+            probs = logp.exp()
+            r = _weighted_heads(heads, lambda h: h.candidate_reward(ctx), metrics, lambda r: (probs * r).sum(-1).mean())
+            adv, zero_std = candidate_advantage(r, probs, scale=self.adv_scale, eps=self.adv_eps, clip=self.adv_clip)
+            pa = probs * adv
+            mean_adv = pa.sum(-1, keepdim=True)  # E_pi[A] per token
+            value = weight * (-mean_adv.squeeze(-1)).mean(-1)  # mean_i sum_j pi_ij * (-A_ij)
+            # d pg / d logits = -(w / N) * pi * (A - E_pi[A])
+            g_logits = torch.addcmul(pa, probs, mean_adv, value=-1).mul_(weight.view(b, 1, 1) / -n)
+            g_u = torch.bmm(g_logits, y).div_(self.tau)
+            # through u = mu / max(|mu|, 1e-12)
+            g_mu = torch.where(norm > 1e-12, tangent(g_u, u), g_u).div_(denom)
+        pg = _GradientGiven.apply(mu, value, g_mu)
+
+        with torch.no_grad():
+            metrics["tau"] = torch.full((), self.tau, device=mu.device)
+            metrics["adv/std"] = (pa * adv).sum(-1).sqrt().mean()
+            metrics["adv/clip_frac"] = (probs * (adv.abs() >= self.adv_clip)).sum(-1).mean()
+            metrics["frac_zero_std"] = zero_std.float().mean()
+            metrics["clip_frac"] = torch.zeros((), device=mu.device)  # rho == 1: the clip is never active
+            metrics["kl"] = -logp.diagonal(dim1=1, dim2=2).mean()  # KL(one-hot at j = i || pi)
+            if diagnostics:
+                metrics["signal_frac"] = signal_fraction(g_mu, mu0, y)
+        return pg, metrics
+
+    def term_autograd(self, mu, ctx, heads, weight, *, seed=0, diagnostics=False):
+        """Reference implementation of :meth:`term`: the clipped surrogate on the (B, N, N) candidates, through autograd."""
         b, n, c = mu.shape
         y = ctx.targets
         metrics: Metrics = {}
