@@ -213,8 +213,9 @@ class GaussianPolicy(Policy):
         Shape:
             half: (K, B, N, C); m0, y_unit: (B, N, C). Output: (2K, B, N) when antithetic, else (K, B, N).
         """
-        ey = torch.linalg.vecdot(half, y_unit)  # (K, B, N)
-        em = torch.linalg.vecdot(half, m0)
+        # one action at a time: a batched vecdot would hold a (K, B, N, C) product
+        ey = torch.stack([torch.linalg.vecdot(e, y_unit) for e in half])  # (K, B, N)
+        em = torch.stack([torch.linalg.vecdot(e, m0) for e in half])
         ee = torch.linalg.vector_norm(half, dim=-1).square_()
         my = torch.linalg.vecdot(m0, y_unit)  # (B, N)
         mm = torch.linalg.vector_norm(m0, dim=-1).square_()
