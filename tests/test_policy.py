@@ -257,3 +257,20 @@ def test_signal_fraction_equals_cosine_with_explicit_repa_gradient():
     (repa,) = torch.autograd.grad(-token_cosine(mu_, y).sum(), mu_)
     assert abs(signal_fraction(g, mu, y).item() - _cos(g, repa)) < 1e-10
     assert abs(signal_fraction(repa, mu, y).item() - 1) < 1e-10
+
+
+def test_correspondence_without_gradient_gives_the_same_value_and_metrics():
+    b, n, c = 2, 6, 5
+    pol = CorrespondencePolicy(tau=0.3)
+    mu = torch.randn(b, n, c, requires_grad=True)
+    y = F.normalize(torch.randn(b, n, c), dim=-1)
+    w = torch.rand(b) + 0.5
+    pg, m = pol.term(mu, RewardContext(targets=y), [SemanticReward()], w, seed=0, diagnostics=True)
+    with torch.no_grad():
+        pg0, m0 = pol.term(mu, RewardContext(targets=y), [SemanticReward()], w, seed=0, diagnostics=True)
+        pg1, m1 = pol.term(mu, RewardContext(targets=y), [SemanticReward()], w, seed=0, diagnostics=False)
+    assert pg0.grad_fn is None
+    torch.testing.assert_close(pg0, pg.detach())
+    torch.testing.assert_close(pg1, pg.detach())
+    torch.testing.assert_close(m0["signal_frac"], m["signal_frac"])
+    assert "signal_frac" not in m1

@@ -232,8 +232,9 @@ class GaussianPolicy(Policy):
         Shape:
             half: (K, B, N, C); m0, y_unit: (B, N, C). Output: (2K, B, N) when antithetic, else (K, B, N).
         """
-        ey = torch.linalg.vecdot(half, y_unit)  # (K, B, N)
-        em = torch.linalg.vecdot(half, m0)
+        # one action at a time: a batched vecdot would hold a (K, B, N, C) product
+        ey = torch.stack([torch.linalg.vecdot(e, y_unit) for e in half])  # (K, B, N)
+        em = torch.stack([torch.linalg.vecdot(e, m0) for e in half])
         ee = torch.linalg.vector_norm(half, dim=-1).square_()
         my = torch.linalg.vecdot(m0, y_unit)  # (B, N)
         mm = torch.linalg.vector_norm(m0, dim=-1).square_()
@@ -401,6 +402,7 @@ class CorrespondencePolicy(Policy):
         b, n, c = mu.shape
         y = ctx.targets.detach()
         metrics: Metrics = {}
+        need_grad = mu.requires_grad and torch.is_grad_enabled()
         with torch.no_grad():
             mu0 = mu.detach()
             norm = mu0.norm(dim=-1, keepdim=True)
@@ -413,12 +415,14 @@ class CorrespondencePolicy(Policy):
             pa = probs * adv
             mean_adv = pa.sum(-1, keepdim=True)  # E_pi[A] per token
             value = weight * (-mean_adv.squeeze(-1)).mean(-1)  # mean_i sum_j pi_ij * (-A_ij)
-            # d pg / d logits = -(w / N) * pi * (A - E_pi[A])
-            g_logits = torch.addcmul(pa, probs, mean_adv, value=-1).mul_(weight.view(b, 1, 1) / -n)
-            g_u = torch.bmm(g_logits, y).div_(self.tau)
-            # through u = mu / max(|mu|, 1e-12)
-            g_mu = torch.where(norm > 1e-12, tangent(g_u, u), g_u).div_(denom)
-        pg = _GradientGiven.apply(mu, value, g_mu)
+            g_mu = None
+            if diagnostics or need_grad:
+                # d pg / d logits = -(w / N) * pi * (A - E_pi[A])
+                g_logits = torch.addcmul(pa, probs, mean_adv, value=-1).mul_(weight.view(b, 1, 1) / -n)
+                g_u = torch.bmm(g_logits, y).div_(self.tau)
+                # through u = mu / max(|mu|, 1e-12)
+                g_mu = torch.where(norm > 1e-12, tangent(g_u, u), g_u).div_(denom)
+        pg = _GradientGiven.apply(mu, value, g_mu) if need_grad else value
 
         with torch.no_grad():
             metrics["tau"] = torch.full((), self.tau, device=mu.device)
