@@ -70,7 +70,7 @@ class VRPOConfig:
     semantic_weight: float = _opt(1.0, "Token-level semantic coherence reward cos(z, y) (cos(y_i, y_j) for candidates).")
     fidelity_weight: float = _opt(1.0, "Sample-level generation fidelity reward -denoise_loss (used when denoise_loss is passed).")
     perceptual_weight: float = _opt(0.0, "Sample-level perceptual reward -LPIPS(decode(x0_pred), decode(x0)); 0 turns it off.")
-    perceptual_every: int = _opt(10, "Perceptual reward computed every this many training steps.")
+    perceptual_every: int = _opt(20, "Perceptual reward computed every this many training steps (20 with subset 8: about 2% of a SiT-XL/2 step by the estimate in docs/performance.md).")
     perceptual_subset: int = _opt(8, "Perceptual reward computed on at most this many samples of the batch.")
     perceptual_net: str = _opt("vgg", "LPIPS backbone: 'vgg', 'alex' or 'squeeze'.")
     decodability_weight: float = _opt(0.0, "Token-level decodability reward (a learned head predicts each token's clean patch from z); 0 turns it off.")

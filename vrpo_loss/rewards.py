@@ -237,7 +237,7 @@ class PerceptualReward(RewardHead):
         decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         net: Optional[nn.Module] = None,
         backbone: str = "vgg",
-        every: int = 10,
+        every: int = 20,
         subset: int = 8,
         weight: float = 1.0,
     ):
