@@ -239,3 +239,24 @@ def test_eval_mode_does_not_advance_or_update():
     a.eval()
     a(torch.randn(B, N, 8), torch.randn(B, N, 8), t=torch.rand(B), denoise_loss=torch.rand(B))
     assert a.step == 0 and a.normalizer.count.sum() == 0
+
+
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    policy=st.sampled_from(["gaussian", "correspondence"]),
+    scale=st.floats(0.0, 1e4),
+    tscale=st.floats(1e-6, 1e4),
+    weight=st.sampled_from([0.0, 0.5, -0.5]),
+    same_t=st.booleans(),
+)
+def test_loss_and_gradient_always_finite(policy, scale, tscale, weight, same_t):
+    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), policy=policy, group_size=4, sample_weight=weight)
+    feats = (torch.randn(3, 5, 8) * scale).requires_grad_(True)
+    t = torch.full((3,), 0.5) if same_t else torch.rand(3)
+    out = align(feats, torch.randn(3, 5, 8) * tscale, t=t, denoise_loss=torch.rand(3) * tscale)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(feats.grad).all()
+    assert all(torch.isfinite(v) for v in out.metrics.values())

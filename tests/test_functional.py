@@ -163,3 +163,13 @@ def test_bounded_sample_weight_and_tangent():
     u = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
     g = torch.randn(3, 4)
     assert (tangent(g, u) * u).sum(-1).abs().max() < 1e-6
+
+
+def test_candidate_advantage_batch_scale_is_global_std_under_pi():
+    probs = torch.softmax(torch.randn(3, 4, dtype=torch.float64), -1)
+    r = torch.randn(3, 4, dtype=torch.float64)
+    adv, _ = candidate_advantage(r, probs, scale="batch", eps=0.0)
+    gm = sum(float((probs[i] * r[i]).sum()) for i in range(3)) / 3
+    gv = sum(float((probs[i] * (r[i] - gm) ** 2).sum()) for i in range(3)) / 3
+    ref = (r - (probs * r).sum(-1, keepdim=True)) / gv**0.5
+    torch.testing.assert_close(adv, ref)

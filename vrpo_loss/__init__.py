@@ -11,8 +11,23 @@ Paper: "Improving Visual Representation Alignment Generation with GRPO", arXiv 2
 
 from .alignment import VRPOAlignment, VRPOOutput
 from .config import VRPOConfig
+from .encoders import FrozenEncoder, check_token_count, encoder_names, load_encoder, preprocess
+from .hooks import FeatureTap
 from .rewards import RewardContext, RewardHead
 
 __version__ = "0.1.0"
 
-__all__ = ["VRPOAlignment", "VRPOConfig", "VRPOOutput", "RewardHead", "RewardContext", "__version__"]
+__all__ = [
+    "VRPOAlignment",
+    "VRPOConfig",
+    "VRPOOutput",
+    "RewardHead",
+    "RewardContext",
+    "FeatureTap",
+    "FrozenEncoder",
+    "load_encoder",
+    "preprocess",
+    "encoder_names",
+    "check_token_count",
+    "__version__",
+]

@@ -127,7 +127,7 @@ class VRPOAlignment(nn.Module):
         if cfg.policy == "gaussian":
             self.policy = GaussianPolicy(
                 target_dims=cfg.target_dims, group_size=cfg.group_size, sigma=cfg.sigma, space=cfg.space,
-                antithetic=cfg.antithetic, learn_sigma=cfg.learn_sigma, sigma_final=cfg.sigma_final,
+                antithetic=cfg.antithetic, control_variate=cfg.control_variate, learn_sigma=cfg.learn_sigma, sigma_final=cfg.sigma_final,
                 sigma_decay_steps=cfg.sigma_decay_steps, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
                 adv_scale=cfg.adv_scale, adv_eps=cfg.adv_eps, adv_clip=cfg.adv_clip, clip_eps=cfg.clip_eps,
                 max_action_elements=cfg.max_action_elements,

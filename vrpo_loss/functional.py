@@ -66,6 +66,20 @@ def tangent(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return g - (g * u).sum(-1, keepdim=True) * u
 
 
+def _scaled(centred, std, batch_std, zero_std, scale, eps, clip):
+    """Shared tail of the advantage functions: scale, zero the zero-variance groups, clamp."""
+    if scale == "group":
+        adv = centred / (std + eps)
+    elif scale == "batch":
+        adv = centred / (batch_std() + eps)
+    elif scale == "none":
+        adv = centred
+    else:
+        raise ValueError(f"scale: expected one of 'group', 'batch', 'none', got {scale!r}")
+    adv = adv.masked_fill(zero_std, 0.0)
+    return adv if clip is None else adv.clamp(-clip, clip)
+
+
 def group_advantage(
     rewards: torch.Tensor,
     *,
@@ -74,6 +88,8 @@ def group_advantage(
     clip: Optional[float] = None,
     dim: int = 0,
     zero_std_atol: float = 1e-8,
+    std: Optional[torch.Tensor] = None,
+    batch_std: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-relative advantage (GRPO): ``(r - mean_G r) / (std_G r + eps)``.
 
@@ -86,6 +102,9 @@ def group_advantage(
         clip: clamp the advantage to ``[-clip, clip]`` when given.
         dim: the group dimension.
         zero_std_atol: groups whose std is below this get a zero advantage.
+        std: the std of each group, if known better than from the samples (keepdim shape; with a
+            control variate, ``rewards`` are residuals and ``std`` is the full reward's spread).
+        batch_std: the std used by ``scale="batch"`` (default: of all ``rewards``).
 
     Returns:
         ``(advantage, zero_std)``: the advantage, same shape as ``rewards``, and a bool tensor that
@@ -99,22 +118,12 @@ def group_advantage(
             f"rewards: a group needs at least 2 actions along dim {dim}, got shape {tuple(rewards.shape)}; "
             "a group of one has no relative advantage"
         )
-    mean = rewards.mean(dim=dim, keepdim=True)
-    centred = rewards - mean
-    std = rewards.std(dim=dim, keepdim=True, unbiased=False)
+    centred = rewards - rewards.mean(dim=dim, keepdim=True)
+    if std is None:
+        std = rewards.std(dim=dim, keepdim=True, unbiased=False)
     zero_std = std.squeeze(dim) <= zero_std_atol
-    if scale == "group":
-        adv = centred / (std + eps)
-    elif scale == "batch":
-        adv = centred / (rewards.std(unbiased=False) + eps)
-    elif scale == "none":
-        adv = centred
-    else:
-        raise ValueError(f"scale: expected one of 'group', 'batch', 'none', got {scale!r}")
-    adv = adv.masked_fill(zero_std.unsqueeze(dim), 0.0)
-    if clip is not None:
-        adv = adv.clamp(-clip, clip)
-    return adv, zero_std
+    whole = (lambda: rewards.std(unbiased=False)) if batch_std is None else (lambda: batch_std)
+    return _scaled(centred, std, whole, zero_std.unsqueeze(dim), scale, eps, clip), zero_std
 
 
 def candidate_advantage(
@@ -139,20 +148,11 @@ def candidate_advantage(
     var = (probs * centred.pow(2)).sum(-1, keepdim=True)
     std = var.clamp_min(0).sqrt()
     zero_std = std.squeeze(-1) <= zero_std_atol
-    if scale == "group":
-        adv = centred / (std + eps)
-    elif scale == "batch":
-        global_mean = mean.mean()
-        global_var = (probs * (rewards - global_mean).pow(2)).sum(-1).mean()
-        adv = centred / (global_var.clamp_min(0).sqrt() + eps)
-    elif scale == "none":
-        adv = centred
-    else:
-        raise ValueError(f"scale: expected one of 'group', 'batch', 'none', got {scale!r}")
-    adv = adv.masked_fill(zero_std.unsqueeze(-1), 0.0)
-    if clip is not None:
-        adv = adv.clamp(-clip, clip)
-    return adv, zero_std
+
+    def batch_std():
+        return (probs * (rewards - mean.mean()).pow(2)).sum(-1).mean().clamp_min(0).sqrt()
+
+    return _scaled(centred, std, batch_std, zero_std.unsqueeze(-1), scale, eps, clip), zero_std
 
 
 def clipped_surrogate(

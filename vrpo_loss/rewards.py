@@ -185,8 +185,7 @@ class DecodabilityReward(RewardHead):
 
     def action_reward(self, z: torch.Tensor, ctx: RewardContext) -> torch.Tensor:
         target = self._patches(ctx, z.shape[-2])
-        with torch.no_grad():
-            return -(self._predict(z, ctx.encoder) - target).pow(2).mean(-1)
+        return -(self._predict(z, ctx.encoder) - target).pow(2).mean(-1)  # differentiable in z (control variate)
 
     def candidate_reward(self, ctx: RewardContext) -> torch.Tensor:
         target = self._patches(ctx, ctx.targets.shape[1])
@@ -238,7 +237,7 @@ class PerceptualReward(RewardHead):
         decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         net: Optional[nn.Module] = None,
         backbone: str = "vgg",
-        every: int = 10,
+        every: int = 20,
         subset: int = 8,
         weight: float = 1.0,
     ):

@@ -1,0 +1,46 @@
+"""The overhead benchmark runs end to end at a tiny size (its GPU path's code, on the CPU, under bf16 autocast)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
+
+
+@pytest.fixture(scope="module")
+def overhead():
+    spec = importlib.util.spec_from_file_location("overhead", PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_shapes_flag_selects_sit_b_and_xl_in_bf16(overhead):
+    args = overhead.parse(["--gpu-shapes"])
+    assert args.presets == ["B/2", "XL/2"] and args.batch == 32 and args.amp == "bf16" and args.device == "cuda"
+    assert overhead.PRESETS["XL/2"] == dict(hidden=1152, depth=28, heads=16, tap=8)
+    assert overhead.PRESETS["B/2"]["hidden"] == 768 and overhead.PRESETS["B/2"]["tap"] == 4
+
+
+def test_tiny_run_every_arm_bf16(overhead):
+    argv = ["--presets", "tiny", "--batch", "2", "--warmup", "1", "--steps", "2", "--groups", "2", "4",
+            "--amp", "bf16", "--lpips-subset", "1", "--threads", "1"]
+    result = overhead.main(argv, log=None)
+    rows = {r["arm"]: r for r in result["rows"]}
+    assert set(rows) == {"none", "repa", "vrpo", "vrpo-nodiag", "vrpo-gaussian-G2", "vrpo-gaussian-G4", "vrpo+lpips"}
+    assert rows["repa"]["time_ratio"] == 1.0 and rows["repa"]["mem_ratio"] == 1.0
+    for r in rows.values():
+        assert r["median_s"] > 0 and r["peak_mib"] > 0
+    # the projector's parameters and optimizer state are counted: REPA needs more memory than no alignment
+    assert rows["none"]["peak_mib"] < rows["repa"]["peak_mib"]
+    assert "| vrpo |" in overhead.table(result["rows"])
+
+
+def test_sit_tap_is_the_block_output(overhead):
+    import torch
+
+    model = overhead.SiT(**overhead.PRESETS["tiny"])
+    x = torch.randn(2, 4, 32, 32)
+    out = model(x, torch.rand(2), torch.tensor([1, 2]))
+    assert out.shape == x.shape and model.tapped.shape == (2, 256, 64)

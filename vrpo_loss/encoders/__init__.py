@@ -1,0 +1,25 @@
+"""Frozen target encoders for representation alignment, REPA-identical.
+
+``load_encoder(name_or_path, ...)`` builds a :class:`FrozenEncoder` whose ``forward_tokens``
+gives the patch tokens REPA aligns to; ``preprocess`` is REPA's ``preprocess_raw_image``.
+Heavy libraries (timm, transformers) are imported only when an encoder is built.
+"""
+from .frozen import FrozenEncoder, check_token_count
+from .load import infer_encoder_name, load_encoder, read_checkpoint
+from .preprocess import encoder_input_size, preprocess, resample_pos_embed
+from .registry import ENCODERS, EncoderSpec, encoder_names, get_spec
+
+__all__ = [
+    "ENCODERS",
+    "EncoderSpec",
+    "FrozenEncoder",
+    "check_token_count",
+    "encoder_input_size",
+    "encoder_names",
+    "get_spec",
+    "infer_encoder_name",
+    "load_encoder",
+    "preprocess",
+    "read_checkpoint",
+    "resample_pos_embed",
+]
