@@ -8,6 +8,7 @@ real-vs-real floor is the FD of as many real training digits (same classes) agai
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -74,7 +75,9 @@ def gaussian_stats(f: np.ndarray):
 
 def frechet_distance(stats1, stats2) -> float:
     (mu1, s1), (mu2, s2) = stats1, stats2
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    with warnings.catch_warnings():  # near-singular products (dead ReLU units) are expected
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():  # standard FID fallback: regularise the product
         off = np.eye(len(s1)) * 1e-6
         covmean = linalg.sqrtm((s1 + off) @ (s2 + off))

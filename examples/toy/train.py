@@ -156,7 +156,7 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         if step in cfg.eval_at:
             xs = sample(model, y_eval.to(dev), noise_eval.to(dev), steps=cfg.sample_steps, method=cfg.sampler).cpu()
             ev = evaluator(xs, y_eval)
-            ev.update(step=step, train_s=round(train_time, 3), loss=float(denoise.mean()))
+            ev.update(step=step, train_s=round(train_time, 3), loss=float(denoise.detach().mean()))
             record["evals"].append(ev)
             if progress is not None:
                 progress.set_postfix(arm=arm.label[:24], seed=seed, step=step, fd=f"{ev['fd']:.0f}")
