@@ -158,7 +158,12 @@ def test_gaussian_log_prob_matches_torch_distributions():
 def test_bounded_sample_weight_and_tangent():
     a = torch.tensor([-10.0, -0.5, 0.0, 0.5, 10.0])
     w = bounded_sample_weight(a, strength=0.5, w_min=0.5, w_max=2.0)
-    torch.testing.assert_close(w, torch.tensor([0.5, 0.75, 1.0, 1.25, 2.0]))
+    raw = [0.5, 0.75, 1.0, 1.25, 2.0]  # clamp(1 + 0.5 a) by hand
+    mean = sum(raw) / 5
+    torch.testing.assert_close(w, torch.tensor([min(max(r / mean, 0.5), 2.0) for r in raw]))
+    # advantages biased upwards (rewards running ahead of their statistics): the mean weight stays one
+    biased = bounded_sample_weight(torch.tensor([0.2, 0.5, 0.9, 1.0]), strength=0.5, w_min=0.5, w_max=2.0)
+    assert abs(biased.mean().item() - 1) < 1e-6 and biased[0] < biased[3]
     assert torch.all(bounded_sample_weight(a, strength=0.0, w_min=0.5, w_max=2.0) == 1)
     u = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
     g = torch.randn(3, 4)

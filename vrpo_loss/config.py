@@ -61,7 +61,7 @@ class VRPOConfig:
     policy_coeff: float = _opt(1.0, "Weight of the policy (surrogate) term.")
     anchor_coeff: float = _opt(1.0, "Weight of the anchor term mean(w_b * (1 - cos(mu, y))), REPA's loss up to a constant.")
     # --- sample-level weighting
-    sample_weight: float = _opt(0.0, "Strength kappa of the per-sample weight w_b = clamp(1 + kappa * a_b, w_min, w_max) from the sample-level advantage; 0 turns weighting off, negative favours samples that earn less than usual.")
+    sample_weight: float = _opt(0.0, "Strength kappa of the per-sample weight w_b = clamp(1 + kappa * a_b, w_min, w_max), divided by its batch mean, from the sample-level advantage; 0 turns weighting off, negative favours samples that earn less than usual.")
     w_min: float = _opt(0.5, "Lower bound of the per-sample weight.")
     w_max: float = _opt(2.0, "Upper bound of the per-sample weight.")
     time_bins: int = _opt(10, "Sample-level rewards are normalised against running statistics in this many bins of t.")

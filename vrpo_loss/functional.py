@@ -194,12 +194,17 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 def bounded_sample_weight(
     advantage: torch.Tensor, *, strength: float, w_min: float, w_max: float
 ) -> torch.Tensor:
-    """Per-sample weight ``clamp(1 + strength * a, w_min, w_max)`` from a normalised advantage.
+    """Per-sample weight from a normalised advantage, with batch mean one.
 
+    ``w = clamp(1 + strength * a, w_min, w_max)``, divided by its batch mean, clamped again. The
+    division matters: while the model improves, its rewards run ahead of the running statistics, so
+    nearly every advantage is positive and undivided weights would average well above one (1.4 at
+    ``strength=0.5`` on the toy benchmark), a hidden increase of the alignment coefficient.
     ``strength > 0`` aligns more strongly the samples that earn more reward than is usual at their
     timestep; ``strength < 0`` the ones that earn less; ``strength = 0`` gives weight one.
 
     Shape:
         advantage: (B,). Output: (B,).
     """
-    return (1.0 + strength * advantage).clamp(w_min, w_max)
+    w = (1.0 + strength * advantage).clamp(w_min, w_max)
+    return (w / w.mean().clamp_min(1e-12)).clamp(w_min, w_max)
