@@ -181,13 +181,6 @@ class GaussianPolicy(Policy):
             s = math.exp((1 - frac) * math.log(self.sigma) + frac * math.log(self.sigma_final))
         return torch.full((), min(max(s, self.sigma_min), self.sigma_max), device=device)
 
-    def _noise(self, gen: torch.Generator, seed: int, k: int, shape, device) -> torch.Tensor:
-        gen.manual_seed(seed)
-        if self.antithetic:
-            half = torch.randn((k // 2, *shape), generator=gen, device=device)
-            return torch.cat([half, -half])
-        return torch.randn((k, *shape), generator=gen, device=device)
-
     def noise(self, seed: int, b: int, n: int, c: int, device) -> torch.Tensor:
         """All ``G`` noise draws of a call, exactly as :meth:`term` generates them chunk by chunk.
 
@@ -197,8 +190,9 @@ class GaussianPolicy(Policy):
         k = self.chunk_size(b, n, c)
         gen = torch.Generator(device=device)
         seeds = self._chunk_seeds(seed, k)
-        return torch.cat([self._noise(gen, sd, min(k, self.group_size - g0), (b, n, c), device)
-                          for sd, g0 in zip(seeds, range(0, self.group_size, k))])
+        chunks = [self._draw(gen, sd, min(k, self.group_size - g0), (b, n, c), device)
+                  for sd, g0 in zip(seeds, range(0, self.group_size, k))]
+        return torch.cat([torch.cat([h, -h]) if self.antithetic else h for h in chunks])
 
     def _chunk_seeds(self, seed: int, k: int):
         return [(seed * 1_000_003 + i) % (1 << 62) for i in range(len(range(0, self.group_size, k)))]
