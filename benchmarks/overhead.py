@@ -7,6 +7,7 @@ to REPA, for time and for peak memory:
 - ``none``: the denoising loss alone (no projector, no alignment);
 - ``repa``: ``VRPOAlignment(mode="repa")``, REPA's projection loss (the projector in the module);
 - ``vrpo``: ``VRPOAlignment()`` at its defaults (``--vrpo-kw`` adds options);
+- ``vrpo-nodiag``, ``vrpo-novalidate``: the defaults with ``diagnostics_every=0``, with ``validate=False``;
 - ``vrpo-gaussian-G<k>``: the Gaussian policy with group size ``k`` (``--groups``);
 - ``vrpo+lpips``: the defaults plus the perceptual reward computed on *every* step (its per-call
   cost; divide the difference to ``vrpo`` by ``perceptual_every`` for the amortised cost).
@@ -16,7 +17,8 @@ SD-VAE-shaped latents (4 x 32 x 32, patch 2: 256 tokens); the tokens after block
 with a forward hook, as a host would. The encoder targets are fixed random tensors of DINOv2-B's
 shape (256 tokens of width 768): the encoder's own forward pass is the same for REPA and VRPO, so it
 is excluded from every arm. The perceptual head decodes with a small conv decoder (latents to
-3 x 256 x 256 images), a stand-in that costs far less than SD-VAE's decoder; see
+3 x 256 x 256 images), a stand-in that costs far less than SD-VAE's decoder, or with ``--decoder
+sd-vae`` with SD-VAE's own decoder architecture (diffusers, random weights: the same cost); see
 ``docs/performance.md``.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over one step (after a reset); on the CPU,
@@ -141,6 +143,31 @@ class ConvDecoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- arms
+class SDVAEDecoder(nn.Module):
+    """SD-VAE's decoder (``stabilityai/sd-vae-ft-ema``'s architecture, 49.5M parameters) built by diffusers from
+    its config, with random weights: the same cost as the real one, which needs a model-hub download.
+    Decodes latents scaled as REPA stores them (``z * 0.18215``)."""
+
+    def __init__(self):
+        super().__init__()
+        try:
+            from diffusers import AutoencoderKL
+        except ImportError as e:  # pragma: no cover - optional
+            raise SystemExit("--decoder sd-vae needs diffusers: pip install diffusers") from e
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=256, layers_per_block=2,
+                            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                            block_out_channels=[128, 256, 512, 512])
+        self.post_quant_conv, self.decoder = vae.post_quant_conv, vae.decoder
+        self.requires_grad_(False).eval()
+
+    def forward(self, z):
+        return self.decoder(self.post_quant_conv(z / 0.18215)).clamp(-1, 1)
+
+
+def make_decoder(kind: str, device) -> nn.Module:
+    return (SDVAEDecoder() if kind == "sd-vae" else ConvDecoder()).to(device)
+
+
 def lpips_net(device):
     import warnings
 
@@ -161,6 +188,8 @@ def build_arms(args, hidden: int, device) -> Dict[str, Optional[nn.Module]]:
         arms["repa"] = VRPOAlignment(mode="repa", **base)
     if "vrpo" in wanted:
         arms["vrpo"] = VRPOAlignment(**base, **extra)
+    if "novalidate" in wanted:
+        arms["vrpo-novalidate"] = VRPOAlignment(**base, **{**extra, "validate": False})
     if "nodiag" in wanted:
         arms["vrpo-nodiag"] = VRPOAlignment(**base, **{**extra, "diagnostics_every": 0})
     if "gaussian" in wanted:
@@ -169,11 +198,13 @@ def build_arms(args, hidden: int, device) -> Dict[str, Optional[nn.Module]]:
     if "lpips" in wanted:
         arms["vrpo+lpips"] = VRPOAlignment(
             **base, **{**extra, "perceptual_weight": 1.0, "perceptual_every": 1, "perceptual_subset": args.lpips_subset},
-            decode=ConvDecoder().to(device), perceptual_net=lpips_net(device),
+            decode=make_decoder(args.decoder, device), perceptual_net=lpips_net(device),
         )
     for m in arms.values():
         if m is not None:
             m.to(device)
+    if args.compile_align:
+        arms = {k: (torch.compile(m) if m is not None else None) for k, m in arms.items()}
     return arms
 
 
@@ -290,6 +321,8 @@ def run(args, preset: str, batch: int, device, amp_dtype, log=print) -> List[dic
             if r >= args.warmup:
                 times[arm].append(dt)
                 walls[arm].append(wall)
+        if r + 1 == args.warmup or r + 1 == rounds:
+            check_finite(trainer)
         if log is not None and (r + 1) % max(1, rounds // 5) == 0:
             log(f"  [{preset} B={batch}] round {r + 1}/{rounds}")
     peaks = {arm: peak_bytes(trainer, arm) for arm in names} if args.memory else {}
@@ -306,6 +339,15 @@ def run(args, preset: str, batch: int, device, amp_dtype, log=print) -> List[dic
             row.update(peak_mib=peaks[arm] / 2**20, mem_ratio=peaks[arm] / ref_m if ref_m else None)
         rows.append(row)
     return rows
+
+
+def check_finite(trainer: Trainer) -> None:
+    """Stop if training has made the model non-finite: timings of NaN arithmetic mean nothing."""
+    bad = [n for n, p in trainer.model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise SystemExit(f"non-finite parameters after training steps ({', '.join(bad[:4])}, ...): the timings would "
+                         "be of NaN arithmetic. Seen with --compile under bf16 autocast on the CPU (inductor), "
+                         "with no alignment at all; use fp32 (--amp none) or eager there.")
 
 
 class _CompiledView:
@@ -331,7 +373,7 @@ def lpips_sweep(args, device, amp_dtype, log=print) -> List[dict]:
     """Per-call cost of the perceptual reward (decode stand-in + LPIPS-VGG on pred and real) vs subset size."""
     from vrpo_loss.rewards import PerceptualReward, RewardContext
 
-    dec = ConvDecoder().to(device)
+    dec = make_decoder(args.decoder, device)
     net = lpips_net(device)
     rows = []
     b = max(args.lpips_sweep)
@@ -392,8 +434,8 @@ def parse(argv=None):
     p.add_argument("--batch", type=int, default=None, help="batch size (default 8 on CPU, 32 with --gpu-shapes)")
     p.add_argument("--device", default=None, help="default cuda with --gpu-shapes, else cpu")
     p.add_argument("--amp", choices=["none", "bf16"], default=None, help="autocast dtype (default bf16 with --gpu-shapes)")
-    p.add_argument("--arms", nargs="+", default=["none", "repa", "vrpo", "nodiag", "gaussian", "lpips"],
-                   choices=["none", "repa", "vrpo", "nodiag", "gaussian", "lpips"])
+    p.add_argument("--arms", nargs="+", default=["none", "repa", "vrpo", "nodiag", "novalidate", "gaussian", "lpips"],
+                   choices=["none", "repa", "vrpo", "nodiag", "novalidate", "gaussian", "lpips"])
     p.add_argument("--groups", type=int, nargs="+", default=[4, 8, 16, 32], help="group sizes of the Gaussian arms")
     p.add_argument("--vrpo-kw", default="", help='JSON of extra VRPOConfig options for every VRPO arm, e.g. \'{"tau": 0.05}\'')
     p.add_argument("--lpips-subset", type=int, default=8, help="perceptual_subset of the vrpo+lpips arm")
@@ -402,6 +444,9 @@ def parse(argv=None):
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory pass")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the SiT model (all arms alike)")
+    p.add_argument("--compile-align", action="store_true", help="also torch.compile each arm's alignment module")
+    p.add_argument("--decoder", choices=["stub", "sd-vae"], default="stub",
+                   help="decoder of the perceptual head: a small conv stand-in, or SD-VAE's decoder (needs diffusers; random weights, same cost)")
     p.add_argument("--lpips-sweep", type=int, nargs="*", default=None, help="also time the perceptual head per call for these subset sizes")
     p.add_argument("--lpips-reps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import repa_loop_loss
-from vrpo_loss import VRPOAlignment, VRPOConfig, VRPOOutput
+from vrpo_loss import RewardHead, VRPOAlignment, VRPOConfig, VRPOOutput
 
 B, N, D = 4, 9, 12
 DIMS = (8, 6)
@@ -213,6 +213,44 @@ def test_torch_compile_smoke():
     align.step = 0
     ref = align(feats, y, t=torch.rand(B))
     assert torch.isfinite(ref.loss)
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_torch_compile_does_not_recompile_as_the_step_advances(validate):
+    # The step is a Python int: read in the traced code it would be guarded on, and every
+    # training call would recompile (until dynamo's cache limit sends the module back to eager).
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), validate=validate)
+    compiled = torch.compile(align, backend="eager")
+    y = torch.randn(B, N, 8)
+    compiled(torch.randn(B, N, 8, requires_grad=True), y, t=torch.rand(B)).loss.backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            compiled(torch.randn(B, N, 8, requires_grad=True), y, t=torch.rand(B)).loss.backward()
+    assert align.step == 4
+
+
+class _StepReader(RewardHead):
+    level = "sample"
+    name = "reader"
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def sample_reward(self, ctx):
+        self.seen.append(ctx.step)
+        return None
+
+
+def test_step_reaches_heads_that_use_it():
+    reader = _StepReader()
+    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), heads=[reader])
+    for _ in range(3):
+        align(torch.randn(B, N, 8), torch.randn(B, N, 8), t=torch.rand(B))
+    assert reader.seen == [0, 1, 2]
 
 
 def test_resample_tokens():

@@ -182,8 +182,15 @@ class VRPOAlignment(nn.Module):
                 return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics=metrics)
             out = self._vrpo(mus, ys, t, denoise_loss, x0_pred, x0)
         if self.training:
-            self.step += 1
+            self._advance()
         return out
+
+    @torch.compiler.disable
+    def _advance(self) -> None:
+        # Runs eagerly under torch.compile: a traced ``self.step += 1`` would guard on the step's value
+        # and recompile every call. The traced code reads ``self.step`` only where a result depends
+        # on it (the Gaussian noise seed, a diagnostics or perceptual period above 1).
+        self.step += 1
 
     def _sample_weight(self, ctx: RewardContext, metrics: Dict[str, torch.Tensor], batch: int, device) -> torch.Tensor:
         cfg = self.config
@@ -217,13 +224,17 @@ class VRPOAlignment(nn.Module):
     def _vrpo(self, mus, ys, t, denoise_loss, x0_pred, x0) -> VRPOOutput:
         cfg = self.config
         batch, device = mus[0].shape[0], mus[0].device
-        base = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0, step=self.step)
+        uses_step = any(h.uses_step for h in list(self.token_heads) + list(self.sample_heads))
+        step = self.step if uses_step else None
+        base = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0, step=step)
         metrics: Dict[str, torch.Tensor] = {}
         w = self._sample_weight(base, metrics, batch, device).detach()
 
         if isinstance(self.policy, GaussianPolicy):
             self.policy.step = self.step
-        diagnostics = cfg.diagnostics_every > 0 and self.step % cfg.diagnostics_every == 0
+        every = cfg.diagnostics_every
+        diagnostics = every == 1 or (every > 1 and self.step % every == 0)
+        stochastic = isinstance(self.policy, GaussianPolicy)
         rank = world_rank()
         anchor, policy, aux = [], [], []
         per_encoder: List[Dict[str, torch.Tensor]] = []
@@ -231,7 +242,7 @@ class VRPOAlignment(nn.Module):
             ctx = dataclasses.replace(base, targets=y, encoder=e)
             anchor.append((1 - token_cosine(mu, y)).mean(-1))
             if cfg.policy_coeff > 0:
-                seed = hash((self.seed, self.step, rank, e)) & ((1 << 62) - 1)
+                seed = hash((self.seed, self.step, rank, e)) & ((1 << 62) - 1) if stochastic else 0
                 pg, m = self.policy.term(mu, ctx, list(self.token_heads), w, seed=seed, diagnostics=diagnostics)
                 policy.append(pg)
                 per_encoder.append(m)

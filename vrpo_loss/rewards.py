@@ -48,7 +48,9 @@ class RewardContext:
         denoise_loss: (B,) per-sample denoising loss, or None.
         x0_pred: predicted clean input (B, ...), or None.
         x0: clean input (B, ...), or None.
-        step: training steps taken so far by the module.
+        step: training steps taken so far by the module, or None when no head of the module
+            declares ``uses_step`` (the step is then not read at all, so ``torch.compile`` does not
+            recompile the module as it advances).
     """
 
     targets: Optional[torch.Tensor] = None
@@ -57,7 +59,7 @@ class RewardContext:
     denoise_loss: Optional[torch.Tensor] = None
     x0_pred: Optional[torch.Tensor] = None
     x0: Optional[torch.Tensor] = None
-    step: int = 0
+    step: Optional[int] = 0
 
 
 class RewardHead(nn.Module):
@@ -66,10 +68,18 @@ class RewardHead(nn.Module):
     Args:
         weight: the head's weight in the weighted sum of rewards of its level.
         name: key under which its metrics are reported (``rewards/<name>/mean``).
+
+    Class attributes:
+        level: ``"token"`` or ``"sample"``.
+        uses_step: whether the head reads ``ctx.step``. Keep the default (True) if it does; a head
+            that does not may set it False, and when no head of a module reads the step, the
+            module's compiled graph does not depend on it (``torch.compile`` would otherwise
+            recompile at every step, since the step is a Python int).
     """
 
     level: str = "token"
     name: str = "head"
+    uses_step: bool = True
 
     def __init__(self, *, weight: float = 1.0, name: Optional[str] = None):
         super().__init__()
@@ -120,6 +130,7 @@ class SemanticReward(RewardHead):
 
     level = "token"
     name = "semantic"
+    uses_step = False
 
     def action_reward(self, z: torch.Tensor, ctx: RewardContext) -> torch.Tensor:
         return token_cosine(z, ctx.targets)
@@ -160,6 +171,7 @@ class DecodabilityReward(RewardHead):
 
     level = "token"
     name = "decodability"
+    uses_step = False
 
     def __init__(self, *, target_dims: Sequence[int], patch_dim: int, patch: int, hidden: int = 256, weight: float = 1.0):
         super().__init__(weight=weight)
@@ -205,6 +217,7 @@ class FidelityReward(RewardHead):
 
     level = "sample"
     name = "fidelity"
+    uses_step = False
 
     def sample_reward(self, ctx: RewardContext):
         if ctx.denoise_loss is None:

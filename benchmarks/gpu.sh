@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/performance.md in one go: SiT-B/2 and SiT-XL/2 shapes, batch 32,
+# bf16, eager; then SiT-XL/2 with the model compiled; then with the alignment modules compiled too.
+# Needs a CUDA GPU, lpips, and diffusers for SD-VAE's decoder (random weights; the same cost).
+#
+#   bash benchmarks/gpu.sh [OUTDIR [STEP...]]   # OUTDIR default benchmarks/results; STEPs default all:
+#                                               # eager compile compile-align (each has a time limit)
+set -uo pipefail
+out=${1:-benchmarks/results}
+shift || true
+steps=${*:-eager compile compile-align}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+run() {  # run NAME LIMIT_S ARGS...: one benchmark, its log and its JSON in $out, if NAME is wanted
+  local name=$1 limit=$2
+  shift 2
+  [[ " $steps " == *" $name "* ]] || return 0
+  echo "== $name: python benchmarks/overhead.py $*"
+  timeout "$limit" python3 benchmarks/overhead.py "$@" --json "$out/gpu-$name.json" 2>&1 | grep -v "^USDT" | tee "$out/gpu-$name.log"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu-device.txt"
+run eager 150 --gpu-shapes --warmup 5 --steps 30 --decoder sd-vae --lpips-sweep 1 2 4 8 --lpips-reps 5
+run compile 200 --gpu-shapes --presets XL/2 --warmup 5 --steps 30 --compile --arms none repa vrpo novalidate gaussian --groups 8 32
+run compile-align 200 --gpu-shapes --presets XL/2 --warmup 5 --steps 30 --compile --compile-align --arms repa vrpo novalidate
