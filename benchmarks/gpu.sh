@@ -4,11 +4,11 @@
 # Needs a CUDA GPU, lpips, and diffusers for SD-VAE's decoder (random weights; the same cost).
 #
 #   bash benchmarks/gpu.sh [OUTDIR [STEP...]]   # OUTDIR default benchmarks/results; STEPs default all:
-#                                               # eager compile compile-align (each has a time limit)
+#                                               # eager compile compile-align lpips (each has a time limit)
 set -uo pipefail
 out=${1:-benchmarks/results}
 shift || true
-steps=${*:-eager compile compile-align}
+steps=${*:-eager compile compile-align lpips}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 run() {  # run NAME LIMIT_S ARGS...: one benchmark, its log and its JSON in $out, if NAME is wanted
@@ -19,6 +19,7 @@ run() {  # run NAME LIMIT_S ARGS...: one benchmark, its log and its JSON in $out
   timeout "$limit" python3 benchmarks/overhead.py "$@" --json "$out/gpu-$name.json" 2>&1 | grep -v "^USDT" | tee "$out/gpu-$name.log"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu-device.txt"
-run eager 150 --gpu-shapes --warmup 5 --steps 30 --decoder sd-vae --lpips-sweep 1 2 4 8 --lpips-reps 5
+run eager 150 --gpu-shapes --warmup 5 --steps 30 --decoder sd-vae
 run compile 200 --gpu-shapes --presets XL/2 --warmup 5 --steps 30 --compile --arms none repa vrpo novalidate gaussian --groups 8 32
 run compile-align 200 --gpu-shapes --presets XL/2 --warmup 5 --steps 30 --compile --compile-align --arms repa vrpo novalidate
+run lpips 100 --gpu-shapes --presets XL/2 --arms repa --warmup 1 --steps 1 --no-memory --decoder sd-vae --lpips-sweep 1 2 4 8 --lpips-reps 5

@@ -7,7 +7,8 @@ to REPA, for time and for peak memory:
 - ``none``: the denoising loss alone (no projector, no alignment);
 - ``repa``: ``VRPOAlignment(mode="repa")``, REPA's projection loss (the projector in the module);
 - ``vrpo``: ``VRPOAlignment()`` at its defaults (``--vrpo-kw`` adds options);
-- ``vrpo-nodiag``, ``vrpo-novalidate``: the defaults with ``diagnostics_every=0``, with ``validate=False``;
+- ``vrpo-nodiag``, ``vrpo-novalidate``: the defaults with ``diagnostics_every=0``, with ``validate=False``
+  (and ``repa-novalidate``: REPA with ``validate=False``);
 - ``vrpo-gaussian-G<k>``: the Gaussian policy with group size ``k`` (``--groups``);
 - ``vrpo+lpips``: the defaults plus the perceptual reward computed on *every* step (its per-call
   cost; divide the difference to ``vrpo`` by ``perceptual_every`` for the amortised cost).
@@ -189,6 +190,8 @@ def build_arms(args, hidden: int, device) -> Dict[str, Optional[nn.Module]]:
     if "vrpo" in wanted:
         arms["vrpo"] = VRPOAlignment(**base, **extra)
     if "novalidate" in wanted:
+        if "repa" in wanted:
+            arms["repa-novalidate"] = VRPOAlignment(mode="repa", validate=False, **base)
         arms["vrpo-novalidate"] = VRPOAlignment(**base, **{**extra, "validate": False})
     if "nodiag" in wanted:
         arms["vrpo-nodiag"] = VRPOAlignment(**base, **{**extra, "diagnostics_every": 0})

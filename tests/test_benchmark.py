@@ -28,7 +28,7 @@ def test_tiny_run_every_arm_bf16(overhead):
             "--amp", "bf16", "--lpips-subset", "1", "--threads", "1"]
     result = overhead.main(argv, log=None)
     rows = {r["arm"]: r for r in result["rows"]}
-    assert set(rows) == {"none", "repa", "vrpo", "vrpo-nodiag", "vrpo-novalidate", "vrpo-gaussian-G2", "vrpo-gaussian-G4", "vrpo+lpips"}
+    assert set(rows) == {"none", "repa", "vrpo", "vrpo-nodiag", "vrpo-novalidate", "repa-novalidate", "vrpo-gaussian-G2", "vrpo-gaussian-G4", "vrpo+lpips"}
     assert rows["repa"]["time_ratio"] == 1.0 and rows["repa"]["mem_ratio"] == 1.0
     for r in rows.values():
         assert r["median_s"] > 0 and r["peak_mib"] > 0

@@ -80,6 +80,20 @@ def test_non_finite_inputs_raise_and_leave_state_untouched(where, bad):
             assert torch.equal(v, state[k]), k
 
 
+def test_t_out_of_range_raises_and_leaves_running_statistics_untouched():
+    # the value check is read at the end of the call (after the module's work is queued), so the
+    # statistics' update is masked on the device; t = 2 would otherwise land in the last bin
+    align = _align(sample_weight=0.5)
+    f, y = _ok()
+    align(f, y, t=torch.rand(B), denoise_loss=torch.rand(B))
+    state = {k: v.clone() for k, v in align.normalizer.state_dict().items()}
+    with pytest.raises(ValueError, match=r"t: expected finite values in \[0, 1\]"):
+        align(f, y, t=torch.tensor([0.5, 2.0, 0.9]), denoise_loss=torch.rand(B))
+    for k, v in align.normalizer.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert align.step == 1
+
+
 def test_nan_denoise_loss_and_t_out_of_range():
     f, y = _ok()
     with pytest.raises(ValueError, match="denoise_loss: found 1 NaN/Inf"):

@@ -83,7 +83,14 @@ class TimeBinnedNormalizer(nn.Module):
         var = (sums[2] / cnt.clamp_min(1) - mean.pow(2)).clamp_min(0)
         return cnt, mean, var
 
-    def forward(self, rewards: torch.Tensor, mask: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, rewards: torch.Tensor, mask: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None,
+                commit: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Advantages ``(r - mean_bin) / (std_bin + eps)``, clipped, 0 where masked or non-finite.
+
+        Shape: rewards, mask (H, B); t (B,); commit: 0-dim bool on the device, or None. Output: (H, B).
+        In training mode the running statistics take this batch in, unless ``commit`` is False (a
+        device-side condition: no synchronisation; the caller refuses the batch afterwards).
+        """
         rewards = rewards.to(self.mean.dtype)
         valid = torch.isfinite(rewards)
         if mask is not None:
@@ -97,6 +104,9 @@ class TimeBinnedNormalizer(nn.Module):
             cnt, b_mean, b_var = self.batch_moments(rewards, valid, bins, self.time_bins)
             if self.training:
                 present = cnt > 0
+                if commit is not None:
+                    present = present & commit
+                    cnt = torch.where(commit, cnt, torch.zeros_like(cnt))
                 beta = torch.where(self.count > 0, torch.full_like(cnt, self.momentum), torch.ones_like(cnt))
                 delta = b_mean - self.mean
                 new_mean = self.mean + beta * delta

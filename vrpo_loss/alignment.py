@@ -33,7 +33,7 @@ from .functional import bounded_sample_weight, repa_projection_loss, token_cosin
 from .policy import CorrespondencePolicy, GaussianPolicy
 from .projector import build_projector
 from .rewards import DecodabilityReward, FidelityReward, PerceptualReward, RewardContext, RewardHead, SemanticReward
-from .validation import as_list, check_inputs, check_optional, check_values
+from .validation import as_list, check_inputs, check_optional, start_value_check
 
 __all__ = ["VRPOAlignment", "VRPOOutput"]
 
@@ -162,6 +162,7 @@ class VRPOAlignment(nn.Module):
                                target_dims=cfg.target_dims, resample_tokens=cfg.resample_tokens)
         batch = features[0].shape[0]
         t, denoise_loss = check_optional(batch, t, denoise_loss, x0_pred, x0)
+        check = None
         if cfg.validate:
             named = [(f"features[{i}]", h.detach(), "finite") for i, h in enumerate(features)]
             named += [(f"targets[{i}]", y.detach(), "finite") for i, y in enumerate(targets)]
@@ -169,7 +170,7 @@ class VRPOAlignment(nn.Module):
                 named.append(("t", t.detach(), "unit"))
             if denoise_loss is not None:
                 named.append(("denoise_loss", denoise_loss, "finite"))
-            check_values(named)
+            check = start_value_check(named)  # read at the end, once this call's work is queued
 
         mus = self.project(features)
         device_type = mus[0].device.type
@@ -179,9 +180,12 @@ class VRPOAlignment(nn.Module):
             if cfg.mode == "repa":
                 per_sample = repa_projection_loss(mus, ys, reduction="none")
                 metrics = {"loss_anchor": per_sample.mean().detach(), "cos": -per_sample.mean().detach()}
-                return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics=metrics)
-            out = self._vrpo(mus, ys, t, denoise_loss, x0_pred, x0)
-        if self.training:
+                out = VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics=metrics)
+            else:
+                out = self._vrpo(mus, ys, t, denoise_loss, x0_pred, x0, None if check is None else check.ok)
+        if check is not None:
+            check.finish()  # raises on a bad input; the statistics were not updated (masked by check.ok)
+        if self.training and cfg.mode != "repa":
             self._advance()
         return out
 
@@ -192,7 +196,7 @@ class VRPOAlignment(nn.Module):
         # on it (the Gaussian noise seed, a diagnostics or perceptual period above 1).
         self.step += 1
 
-    def _sample_weight(self, ctx: RewardContext, metrics: Dict[str, torch.Tensor], batch: int, device) -> torch.Tensor:
+    def _sample_weight(self, ctx: RewardContext, metrics: Dict[str, torch.Tensor], batch: int, device, commit) -> torch.Tensor:
         cfg = self.config
         rewards, masks, weights = [], [], []
         for head in self.sample_heads:
@@ -211,7 +215,7 @@ class VRPOAlignment(nn.Module):
         if not rewards:
             return torch.ones(batch, device=device)
         r, m = torch.stack(rewards), torch.stack(masks)
-        adv = self.normalizer(r, m, ctx.t)  # (H, B); the running stats update in training mode
+        adv = self.normalizer(r, m, ctx.t, commit=commit)  # (H, B); the running stats update in training mode
         hw = torch.stack([wt * mk.float() for wt, mk in zip(weights, m)])
         a = (hw * adv).sum(0) / hw.sum(0).clamp_min(1e-12)
         metrics["adv/sample_std"] = a.std() if batch > 1 else torch.zeros((), device=device)
@@ -221,14 +225,14 @@ class VRPOAlignment(nn.Module):
         metrics["weight/min"], metrics["weight/max"] = w.min(), w.max()
         return w
 
-    def _vrpo(self, mus, ys, t, denoise_loss, x0_pred, x0) -> VRPOOutput:
+    def _vrpo(self, mus, ys, t, denoise_loss, x0_pred, x0, commit: Optional[torch.Tensor]) -> VRPOOutput:
         cfg = self.config
         batch, device = mus[0].shape[0], mus[0].device
         uses_step = any(h.uses_step for h in list(self.token_heads) + list(self.sample_heads))
         step = self.step if uses_step else None
         base = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0, step=step)
         metrics: Dict[str, torch.Tensor] = {}
-        w = self._sample_weight(base, metrics, batch, device).detach()
+        w = self._sample_weight(base, metrics, batch, device, commit).detach()
 
         if isinstance(self.policy, GaussianPolicy):
             self.policy.step = self.step

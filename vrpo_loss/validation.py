@@ -1,8 +1,12 @@
 """Input checks of :class:`~vrpo_loss.VRPOAlignment`.
 
 Shape and dtype checks read only metadata, cost nothing and always run. Value checks (NaN/Inf,
-``t`` in [0, 1]) need the data: :func:`check_values` batches them into one boolean tensor and reads
-it once, the single host-device synchronisation that ``validate=True`` allows.
+``t`` in [0, 1]) need the data: :func:`start_value_check` batches them into one boolean tensor and
+starts its copy to the host; :meth:`ValueCheck.finish` reads it once, the single host-device
+synchronisation that ``validate=True`` allows. The module starts the check first and finishes it
+last, after all of its own work is queued: on a GPU the read then waits only for the flags (queued
+early), not for the module's work, so the GPU never runs dry, while ``ValueCheck.ok`` (on the
+device) keeps the running statistics from being updated by a batch that will be refused.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["as_list", "check_inputs", "check_values", "resample_grid"]
+__all__ = ["ValueCheck", "as_list", "check_inputs", "check_values", "resample_grid", "start_value_check"]
 
 
 def as_list(x, name: str) -> List[torch.Tensor]:
@@ -119,30 +123,64 @@ def check_optional(batch: int, t, denoise_loss, x0_pred, x0):
     return t, denoise_loss
 
 
-def check_values(named: Sequence[Tuple[str, torch.Tensor, str]]) -> None:
-    """Check values with a single host-device read.
+class ValueCheck:
+    """A value check under way: the flags are computed and on their way to the host.
+
+    Attributes:
+        ok: 0-dim bool tensor on the device, True when every check passed (for masking updates).
+    """
+
+    def __init__(self, named: Sequence[Tuple[str, torch.Tensor, str]], flags: torch.Tensor):
+        self.named = list(named)
+        self.ok = flags.all()
+        if flags.device.type == "cuda":
+            self._host = flags.to("cpu", non_blocking=True)  # pinned; ready once the event has passed
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host, self._event = flags.cpu(), None
+
+    @torch.compiler.disable
+    def finish(self) -> None:
+        """Read the flags (the one synchronisation) and raise a ValueError naming the first bad input."""
+        if self._event is not None:
+            self._event.synchronize()
+        for (name, x, kind), ok in zip(self.named, self._host.tolist()):
+            if not ok:
+                if kind == "unit":
+                    raise ValueError(
+                        f"{name}: expected finite values in [0, 1] (0 = clean data, 1 = noise), got min {x.min().item():.4g}, "
+                        f"max {x.max().item():.4g}; SiT hosts pass 1 - t, DiT hosts t / 1000"
+                    )
+                bad = int((~torch.isfinite(x)).sum())
+                raise ValueError(
+                    f"{name}: found {bad} NaN/Inf values of {x.numel()}; nothing was updated. Under fp16, cast encoder "
+                    "outputs to fp32 before normalising (REPA issue #46), or lower the learning rate"
+                )
+
+
+@torch.compiler.disable
+def start_value_check(named: Sequence[Tuple[str, torch.Tensor, str]]) -> ValueCheck:
+    """Compute the value checks on the device and start their copy to the host (no synchronisation).
 
     Args:
         named: ``(name, tensor, kind)`` with kind ``"finite"`` or ``"unit"`` (finite and in [0, 1]).
     """
-    if not named:
-        return
     flags = []
     for _, x, kind in named:
         ok = torch.isfinite(x).all()
         if kind == "unit":
             ok = ok & (x >= 0).all() & (x <= 1).all()
         flags.append(ok)
-    flags = torch.stack(flags).cpu()  # the one synchronisation
-    for (name, x, kind), ok in zip(named, flags.tolist()):
-        if not ok:
-            if kind == "unit":
-                raise ValueError(
-                    f"{name}: expected finite values in [0, 1] (0 = clean data, 1 = noise), got min {x.min().item():.4g}, "
-                    f"max {x.max().item():.4g}; SiT hosts pass 1 - t, DiT hosts t / 1000"
-                )
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(
-                f"{name}: found {bad} NaN/Inf values of {x.numel()}; nothing was updated. Under fp16, cast encoder "
-                "outputs to fp32 before normalising (REPA issue #46), or lower the learning rate"
-            )
+    if not flags:
+        return ValueCheck([], torch.ones(1, dtype=torch.bool))
+    return ValueCheck(named, torch.stack(flags))
+
+
+def check_values(named: Sequence[Tuple[str, torch.Tensor, str]]) -> None:
+    """Check values now, with a single host-device read (:func:`start_value_check` then ``finish``).
+
+    Args:
+        named: ``(name, tensor, kind)`` with kind ``"finite"`` or ``"unit"`` (finite and in [0, 1]).
+    """
+    start_value_check(named).finish()
