@@ -70,7 +70,7 @@ class VRPOConfig:
     semantic_weight: float = _opt(1.0, "Token-level semantic coherence reward cos(z, y) (cos(y_i, y_j) for candidates).")
     fidelity_weight: float = _opt(1.0, "Sample-level generation fidelity reward -denoise_loss (used when denoise_loss is passed).")
     perceptual_weight: float = _opt(0.0, "Sample-level perceptual reward -LPIPS(decode(x0_pred), decode(x0)); 0 turns it off.")
-    perceptual_every: int = _opt(20, "Perceptual reward computed every this many training steps (20 with subset 8: about 2% of a SiT-XL/2 step by the estimate in docs/performance.md).")
+    perceptual_every: int = _opt(40, "Perceptual reward computed every this many training steps (40 with subset 8: 1.7% of an eager SiT-XL/2 step at batch 32 on an H200, with SD-VAE decoding; docs/performance.md).")
     perceptual_subset: int = _opt(8, "Perceptual reward computed on at most this many samples of the batch.")
     perceptual_net: str = _opt("vgg", "LPIPS backbone: 'vgg', 'alex' or 'squeeze'.")
     decodability_weight: float = _opt(0.0, "Token-level decodability reward (a learned head predicts each token's clean patch from z); 0 turns it off.")
@@ -79,7 +79,7 @@ class VRPOConfig:
     decodability_hidden: int = _opt(256, "Decodability head: hidden width of its MLP.")
     # --- input handling and diagnostics
     resample_tokens: bool = _opt(False, "If the encoder's token grid differs from the features' grid, resample the targets bilinearly instead of raising.")
-    validate: bool = _opt(True, "Check values (NaN/Inf, t in [0, 1]) with one host-device synchronisation per call; False removes it. Shape and dtype checks always run.")
+    validate: bool = _opt(True, "Check values (NaN/Inf, t in [0, 1]) with one host-device read per call, at its end (on a GPU it waits only for the flags); False removes it. Shape and dtype checks always run.")
     diagnostics_every: int = _opt(1, "Compute the signal-fraction diagnostic (cosine of the policy term's gradient with REPA's) every this many steps; 0 never.")
 
     def __post_init__(self) -> None:
