@@ -44,3 +44,16 @@ def test_sit_tap_is_the_block_output(overhead):
     x = torch.randn(2, 4, 32, 32)
     out = model(x, torch.rand(2), torch.tensor([1, 2]))
     assert out.shape == x.shape and model.tapped.shape == (2, 256, 64)
+
+
+def test_sd_vae_decoder_has_sd_vae_architecture(overhead):
+    # SD-VAE (sd-vae-ft-ema): 83.65M parameters, of which the decoder holds 49,490,179
+    pytest.importorskip("diffusers")
+    import torch
+
+    dec = overhead.SDVAEDecoder()
+    assert sum(p.numel() for p in dec.decoder.parameters()) == 49_490_179
+    assert not any(p.requires_grad for p in dec.parameters())
+    with torch.no_grad():
+        img = dec(torch.randn(1, 4, 8, 8))
+    assert img.shape == (1, 3, 64, 64) and img.abs().max() <= 1
