@@ -2,7 +2,8 @@
 # The GPU measurements of docs/performance.md in one go: SiT-B/2 and SiT-XL/2 shapes, batch 32,
 # bf16, eager; then with the model compiled; then with the alignment modules compiled too; then the
 # perceptual head's per-call cost against its subset size.
-# Needs a CUDA GPU, lpips, and diffusers for SD-VAE's decoder (random weights; the same cost).
+# Needs a CUDA GPU and the bench extra (pip install ".[bench]": lpips, diffusers for SD-VAE's decoder,
+# built with random weights, which cost the same).
 #
 #   bash benchmarks/gpu.sh [OUTDIR [STEP...]]   # OUTDIR default benchmarks/results; STEPs default all:
 #                                               # eager compile compile-align lpips (each has a time limit)
