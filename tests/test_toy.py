@@ -48,6 +48,8 @@ def test_arm_parsing():
     assert Arm.parse("repa", {"repa": 2.0}).coeff == 2.0
     assert Arm.parse("none").coeff == 0.0
     assert parse_kv("group_size=8") == {"group_size": 8}
+    # "none" is None, except for string options, where it is a value
+    assert parse_kv("adv_scale=none,sigma_final=none") == {"adv_scale": "none", "sigma_final": None}
     with pytest.raises(ValueError):
         Arm.parse("dino")
 

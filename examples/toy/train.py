@@ -8,11 +8,14 @@ compared on paired runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from vrpo_loss import VRPOConfig
 
 from evaluate import save_grid
 from model import ToySiT, sample
@@ -43,12 +46,18 @@ class Arm:
 
 
 def parse_kv(text: str) -> dict:
-    """``"policy=correspondence,tau=0.1,antithetic=false"`` -> dict with ints/floats/bools parsed."""
+    """``"policy=correspondence,tau=0.1,antithetic=false"`` -> dict with ints/floats/bools parsed.
+
+    ``none`` is None, except for VRPOConfig's string options (``adv_scale=none`` is the string).
+    """
+    str_fields = {f.name for f in dataclasses.fields(VRPOConfig) if f.type in (str, "str")}
     out = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         k, _, v = item.partition("=")
         low = v.lower()
-        if low in ("true", "false"):
+        if k in str_fields:
+            out[k] = v
+        elif low in ("true", "false"):
             out[k] = low == "true"
         elif low == "none":
             out[k] = None
