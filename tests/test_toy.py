@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "toy"))
 
-from evaluate import frechet_distance, gaussian_stats  # noqa: E402
+from evaluate import frechet_distance, gaussian_stats, train_classifier  # noqa: E402
 from model import ToySiT, sample  # noqa: E402
 from run import steps_to_reach  # noqa: E402
 from train import Arm, parse_kv, train_run  # noqa: E402
@@ -33,6 +33,22 @@ def test_frechet_distance():
     assert abs(frechet_distance(st, st)) < 1e-6
     shifted = (st[0] + np.array([3.0, 0, 0, 0]), st[1])
     assert frechet_distance(st, shifted) == pytest.approx(9.0, rel=1e-6)
+
+
+def test_evaluation_classifier_does_not_depend_on_prior_draws_or_threads(tmp_path):
+    # the FD is measured in this classifier's features: it must come out the same whatever drew
+    # from the global generator before (a cold or warm encoder cache) and whatever the thread count
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(128, 1, 16, 16, generator=g), torch.randint(0, 10, (128,), generator=g)
+    threads = torch.get_num_threads()
+    nets = []
+    for i, (draws, n_threads) in enumerate([(0, 1), (1000, 2)]):
+        torch.randn(draws)
+        torch.set_num_threads(n_threads)
+        nets.append(train_classifier(x, y, str(tmp_path / str(i)), epochs=1))
+    torch.set_num_threads(threads)
+    for (k, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_steps_to_reach():

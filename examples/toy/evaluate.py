@@ -38,13 +38,30 @@ class DigitCNN(nn.Module):
 def train_classifier(x, y, cache_dir: str, epochs: int = 30, seed: int = 0) -> DigitCNN:
     """Train (or load from cache) the evaluation classifier on the training split."""
     path = os.path.join(cache_dir, f"digit_cnn_e{epochs}_s{seed}.pt")
-    net = DigitCNN()
     if os.path.exists(path):
+        net = DigitCNN()
         net.load_state_dict(torch.load(path))
         return net.eval()
+    # seed before the initialisation: otherwise the weights depend on whatever drew from the global
+    # generator before (e.g. building the encoder when its feature cache is cold), and so does the FD
+    # and train on one thread: the reduction order, and so the weights, depend on the thread count
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    net = DigitCNN()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _fit(net, opt, x, y, g, epochs)
+    finally:
+        torch.set_num_threads(threads)
+    os.makedirs(cache_dir, exist_ok=True)
+    torch.save(net.state_dict(), path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return net.eval()
+
+
+def _fit(net, opt, x, y, g, epochs):
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):
@@ -57,10 +74,6 @@ def train_classifier(x, y, cache_dir: str, epochs: int = 30, seed: int = 0) -> D
             opt.zero_grad()
             loss.backward()
             opt.step()
-    os.makedirs(cache_dir, exist_ok=True)
-    torch.save(net.state_dict(), path + ".tmp")
-    os.replace(path + ".tmp", path)
-    return net.eval()
 
 
 @torch.no_grad()
