@@ -1,6 +1,6 @@
 """The toy benchmark: does VRPO beat REPA on a small class-conditional SiT trained on sklearn digits?
 
-    python examples/toy/run.py                      # default: none / REPA / VRPO, 3 seeds x 300 steps (~13 min, idle 2-core CPU)
+    python examples/toy/run.py                      # default: none / REPA / VRPO, 3 seeds x 300 steps (~18 min on a 2-core CPU)
     python examples/toy/run.py --full               # longer runs (GPU or patience)
     python examples/toy/run.py --arms none repa@1 repa@2 "vrpo@0.5:policy=correspondence,tau=0.05" --seeds 0
 
