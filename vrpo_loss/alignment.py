@@ -234,11 +234,11 @@ class VRPOAlignment(nn.Module):
         metrics: Dict[str, torch.Tensor] = {}
         w = self._sample_weight(base, metrics, batch, device, commit).detach()
 
-        if isinstance(self.policy, GaussianPolicy):
+        stochastic = isinstance(self.policy, GaussianPolicy)
+        if stochastic:
             self.policy.step = self.step
         every = cfg.diagnostics_every
         diagnostics = every == 1 or (every > 1 and self.step % every == 0)
-        stochastic = isinstance(self.policy, GaussianPolicy)
         rank = world_rank()
         anchor, policy, aux = [], [], []
         per_encoder: List[Dict[str, torch.Tensor]] = []

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ValueCheck", "as_list", "check_inputs", "check_values", "resample_grid", "start_value_check"]
+__all__ = ["ValueCheck", "as_list", "check_inputs", "resample_grid", "start_value_check"]
 
 
 def as_list(x, name: str) -> List[torch.Tensor]:
@@ -175,12 +175,3 @@ def start_value_check(named: Sequence[Tuple[str, torch.Tensor, str]]) -> ValueCh
     if not flags:
         return ValueCheck([], torch.ones(1, dtype=torch.bool))
     return ValueCheck(named, torch.stack(flags))
-
-
-def check_values(named: Sequence[Tuple[str, torch.Tensor, str]]) -> None:
-    """Check values now, with a single host-device read (:func:`start_value_check` then ``finish``).
-
-    Args:
-        named: ``(name, tensor, kind)`` with kind ``"finite"`` or ``"unit"`` (finite and in [0, 1]).
-    """
-    start_value_check(named).finish()

@@ -42,9 +42,9 @@ def train_classifier(x, y, cache_dir: str, epochs: int = 30, seed: int = 0) -> D
         net = DigitCNN()
         net.load_state_dict(torch.load(path))
         return net.eval()
-    # seed before the initialisation: otherwise the weights depend on whatever drew from the global
-    # generator before (e.g. building the encoder when its feature cache is cold), and so does the FD
-    # and train on one thread: the reduction order, and so the weights, depend on the thread count
+    # Seed before the initialisation, or the weights (and so the FD) depend on whatever drew from the
+    # global generator before (e.g. building the encoder when its feature cache is cold); train on one
+    # thread, or they depend on the thread count through the reduction order.
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = DigitCNN()
