@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import repa_loop_loss
 from vrpo_loss import RewardHead, VRPOAlignment
+
+from conftest import repa_loop_loss
 
 B, N, D = 4, 9, 12
 DIMS = (8, 6)
@@ -155,9 +156,9 @@ def test_state_dict_round_trip_gives_identical_next_losses(policy):
     a = VRPOAlignment(**kw)
     opt = torch.optim.SGD(a.parameters(), lr=0.1)
     batches = [(torch.randn(B, N, D), torch.randn(B, N, 8), torch.rand(B), torch.rand(B)) for _ in range(4)]
-    for h, y, t, l in batches[:2]:
+    for h, y, t, dl in batches[:2]:
         opt.zero_grad()
-        a(h, y, t=t, denoise_loss=l).loss.backward()
+        a(h, y, t=t, denoise_loss=dl).loss.backward()
         opt.step()
     b = VRPOAlignment(**kw)
     b.load_state_dict(copy.deepcopy(a.state_dict()))
@@ -165,9 +166,9 @@ def test_state_dict_round_trip_gives_identical_next_losses(policy):
     if policy == "gaussian":
         assert b.policy.seed == a.policy.seed
     torch.testing.assert_close(b.normalizer.mean, a.normalizer.mean)
-    for h, y, t, l in batches[2:]:
-        la = a(h, y, t=t, denoise_loss=l)
-        lb = b(h, y, t=t, denoise_loss=l)
+    for h, y, t, dl in batches[2:]:
+        la = a(h, y, t=t, denoise_loss=dl)
+        lb = b(h, y, t=t, denoise_loss=dl)
         assert torch.equal(la.loss, lb.loss)
         assert torch.equal(la.per_sample, lb.per_sample)
 
@@ -186,14 +187,14 @@ def test_noise_differs_between_steps_and_is_deterministic_per_step():
 def test_no_host_device_sync_in_forward_without_validation(policy, monkeypatch):
     align = VRPOAlignment(hidden_dim=D, target_dims=(8,), projector_dim=16, policy=policy, validate=False, sample_weight=0.5)
     h = torch.randn(B, N, D, requires_grad=True)
-    y, t, l = torch.randn(B, N, 8), torch.rand(B), torch.rand(B)
+    y, t, dl = torch.randn(B, N, 8), torch.rand(B), torch.rand(B)
 
     def forbidden(*a, **k):
         raise AssertionError("host-device synchronisation in forward")
 
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
-    out = align(h, y, t=t, denoise_loss=l)
+    out = align(h, y, t=t, denoise_loss=dl)
     monkeypatch.undo()
     assert torch.isfinite(out.loss)
 
@@ -219,8 +220,8 @@ def test_torch_compile_gives_the_eager_values(policy):
     eager = copy.deepcopy(align)
     compiled = torch.compile(align, backend="eager")
     for _ in range(2):  # the second call runs on updated running statistics and a new step
-        h, y, t, l = torch.randn(B, N, D, requires_grad=True), torch.randn(B, N, 8), torch.rand(B), torch.rand(B)
-        out, want = compiled(h, y, t=t, denoise_loss=l), eager(h, y, t=t, denoise_loss=l)
+        h, y, t, dl = torch.randn(B, N, D, requires_grad=True), torch.randn(B, N, 8), torch.rand(B), torch.rand(B)
+        out, want = compiled(h, y, t=t, denoise_loss=dl), eager(h, y, t=t, denoise_loss=dl)
         torch.testing.assert_close(out.loss, want.loss)
         torch.testing.assert_close(out.per_sample, want.per_sample)
         torch.testing.assert_close(torch.autograd.grad(out.loss, h)[0], torch.autograd.grad(want.loss, h)[0])

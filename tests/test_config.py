@@ -42,7 +42,7 @@ def test_replace_validates():
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    cmd = 'pip install ".[test]" && python -m pytest -q'
+    cmd = 'pip install ".[test]" && ruff check . && python -m pytest -q'
     assert cmd in readme and cmd in ci.splitlines()
 
 

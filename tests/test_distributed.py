@@ -3,7 +3,6 @@
 import os
 import socket
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -25,8 +24,8 @@ def _worker(rank, world, port, out):
     align = VRPOAlignment(**KW)
     ddp = torch.nn.parallel.DistributedDataParallel(align)
     half = slice(rank * 4, rank * 4 + 4)
-    for f, y, t, l in _data():
-        ddp(f[half], y[half], t=t[half], denoise_loss=l[half]).loss.backward()
+    for f, y, t, dl in _data():
+        ddp(f[half], y[half], t=t[half], denoise_loss=dl[half]).loss.backward()
     out[rank] = {k: v.clone() for k, v in align.normalizer.state_dict().items()}
     # without t the rewards are normalised against the moments of the global batch, summed over ranks
     out[f"adv{rank}"] = align.normalizer(-_data()[0][3][half].unsqueeze(0)).clone()
@@ -44,8 +43,8 @@ def test_running_statistics_agree_across_ranks_and_match_joined_batch():
     out = manager.dict()
     mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     single = VRPOAlignment(**KW)
-    for f, y, t, l in _data():
-        single(f, y, t=t, denoise_loss=l)
+    for f, y, t, dl in _data():
+        single(f, y, t=t, denoise_loss=dl)
     for k, v in single.normalizer.state_dict().items():
         torch.testing.assert_close(out[0][k], out[1][k])
         torch.testing.assert_close(out[0][k], v)

@@ -4,8 +4,6 @@ Every encoder family is built from a config or from a file the test writes; noth
 downloaded. References are computed independently (torchvision's Normalize, plain
 ``F.interpolate``, a hand-written CLIP visual transformer).
 """
-import subprocess
-import sys
 from collections import OrderedDict
 
 import pytest

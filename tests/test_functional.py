@@ -5,9 +5,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vrpo_loss.functional import candidate_advantage, group_advantage, repa_projection_loss, tangent
+
 import reference
 from conftest import repa_loop_loss
-from vrpo_loss.functional import candidate_advantage, group_advantage, repa_projection_loss, tangent
 
 
 @pytest.mark.parametrize("encoders", [1, 2])

@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import reference as ref
 from vrpo_loss import VRPOConfig
 from vrpo_loss.functional import signal_fraction
 from vrpo_loss.policies import CorrespondencePolicy, GaussianPolicy
 from vrpo_loss.rewards import DecodabilityReward, RewardContext, SemanticReward
+
+import reference as ref
 
 
 def _gauss(**kw):

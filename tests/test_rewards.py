@@ -3,7 +3,15 @@ import torch
 import torch.nn.functional as F
 
 from vrpo_loss import VRPOAlignment
-from vrpo_loss.rewards import DecodabilityReward, FidelityReward, PerceptualReward, RewardContext, RewardHead, SemanticReward, patchify
+from vrpo_loss.rewards import (
+    DecodabilityReward,
+    FidelityReward,
+    PerceptualReward,
+    RewardContext,
+    RewardHead,
+    SemanticReward,
+    patchify,
+)
 
 
 def test_semantic_reward_hand_computed():
@@ -78,7 +86,10 @@ def test_perceptual_reward_with_decode_and_in_module():
     import lpips
 
     net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
-    decode = lambda z: torch.tanh(z[:, :3].repeat_interleave(4, -1).repeat_interleave(4, -2))
+
+    def decode(z):
+        return torch.tanh(z[:, :3].repeat_interleave(4, -1).repeat_interleave(4, -2))
+
     align = VRPOAlignment(hidden_dim=None, target_dims=(8,), perceptual_weight=1.0, perceptual_every=1,
                           perceptual_subset=2, perceptual_net=net, decode=decode, sample_weight=0.5)
     x0 = torch.randn(4, 4, 8, 8)

@@ -67,13 +67,13 @@ def test_optional_argument_shapes():
 def test_non_finite_inputs_raise_and_leave_state_untouched(where, bad):
     align = _align(sample_weight=0.5)
     f, y = _ok()
-    t, l = torch.rand(B), torch.rand(B)
-    align(f, y, t=t, denoise_loss=l)
+    t, dl = torch.rand(B), torch.rand(B)
+    align(f, y, t=t, denoise_loss=dl)
     state = {k: v.clone() for k, v in align.state_dict().items() if torch.is_tensor(v)}
     step = align.step
     (f if where == "features" else y)[0, 0, 0] = bad
     with pytest.raises(ValueError, match=rf"{where}\[0\]: found 1 NaN/Inf values of {B * N * 8}"):
-        align(f, y, t=t, denoise_loss=l)
+        align(f, y, t=t, denoise_loss=dl)
     assert align.step == step
     for k, v in align.state_dict().items():
         if torch.is_tensor(v):

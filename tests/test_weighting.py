@@ -1,6 +1,6 @@
-import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vrpo_loss.weighting import TimeBinnedNormalizer, bounded_sample_weight
 

@@ -4,8 +4,8 @@
 gives the patch tokens REPA aligns to; ``preprocess`` is REPA's ``preprocess_raw_image``.
 Heavy libraries (timm, transformers) are imported only when an encoder is built.
 """
-from .frozen import FrozenEncoder, check_token_count
 from .checkpoint import infer_encoder_name, read_checkpoint
+from .frozen import FrozenEncoder, check_token_count
 from .load import load_encoder, resolve
 from .preprocess import encoder_input_size, preprocess
 from .registry import ENCODERS, EncoderSpec, encoder_names, get_spec

@@ -12,8 +12,13 @@ from __future__ import annotations
 import torch
 
 from ..config import VRPOConfig
-from ..functional import candidate_advantage, correspondence_log_probs, correspondence_surrogate, signal_fraction
-from ..functional import with_gradient
+from ..functional import (
+    candidate_advantage,
+    correspondence_log_probs,
+    correspondence_surrogate,
+    signal_fraction,
+    with_gradient,
+)
 from .base import Metrics, Policy, weighted_rewards
 
 __all__ = ["CorrespondencePolicy"]

@@ -19,7 +19,14 @@ import torch.nn.functional as F
 
 from ..config import VRPOConfig
 from ..distributed import world_rank
-from ..functional import gaussian_statistics, gaussian_surrogate, group_advantage, signal_fraction, tangent, token_cosine
+from ..functional import (
+    gaussian_statistics,
+    gaussian_surrogate,
+    group_advantage,
+    signal_fraction,
+    tangent,
+    token_cosine,
+)
 from ..rewards import RewardContext, RewardHead
 from .base import Metrics, Policy, weighted_rewards
 from .noise import ChunkedNoise
