@@ -268,7 +268,7 @@ def run(kind: str, repo: str, alignment: str, work: str) -> None:
         raise SystemExit(f"[check] FAIL: expected {STEPS} alignment calls, saw {len(seen)}")
     for i, (loss, shape, trange) in enumerate(seen, 1):
         print(f"[check] {kind} --alignment {alignment}: step {i} alignment loss {loss:+.4f}, per_sample {shape}, t in {trange}")
-    if not all(np.isfinite(l) for l, _, _ in seen):
+    if not all(np.isfinite(loss) for loss, _, _ in seen):
         raise SystemExit("[check] FAIL: non-finite alignment loss")
     reload_checkpoint(kind, repo, out_dir)
 

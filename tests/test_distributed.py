@@ -1,9 +1,8 @@
-"""Two-process gloo test: running statistics agree across ranks and equal one process on the joined batch."""
+"""Two-process gloo test: the sample-level statistics agree across ranks and equal one process on the joined batch."""
 
 import os
 import socket
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -25,10 +24,11 @@ def _worker(rank, world, port, out):
     align = VRPOAlignment(**KW)
     ddp = torch.nn.parallel.DistributedDataParallel(align)
     half = slice(rank * 4, rank * 4 + 4)
-    for f, y, t, l in _data():
-        ddp(f[half], y[half], t=t[half], denoise_loss=l[half]).loss.backward()
+    for f, y, t, dl in _data():
+        ddp(f[half], y[half], t=t[half], denoise_loss=dl[half]).loss.backward()
     out[rank] = {k: v.clone() for k, v in align.normalizer.state_dict().items()}
-    out[f"grad{rank}"] = align.projectors[0][0].weight.grad.clone()
+    # without t the rewards are normalised against the moments of the global batch, summed over ranks
+    out[f"adv{rank}"] = align.normalizer(-_data()[0][3][half].unsqueeze(0)).clone()
     dist.destroy_process_group()
 
 
@@ -43,10 +43,11 @@ def test_running_statistics_agree_across_ranks_and_match_joined_batch():
     out = manager.dict()
     mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     single = VRPOAlignment(**KW)
-    for f, y, t, l in _data():
-        single(f, y, t=t, denoise_loss=l)
+    for f, y, t, dl in _data():
+        single(f, y, t=t, denoise_loss=dl)
     for k, v in single.normalizer.state_dict().items():
         torch.testing.assert_close(out[0][k], out[1][k])
         torch.testing.assert_close(out[0][k], v)
     assert single.normalizer.count.sum() == 24
-    torch.testing.assert_close(out["grad0"], out["grad1"])  # DDP averaged the projector's gradients
+    joined = single.normalizer(-_data()[0][3].unsqueeze(0))
+    torch.testing.assert_close(torch.cat([out["adv0"], out["adv1"]], 1), joined)

@@ -3,17 +3,26 @@ import torch
 import torch.nn.functional as F
 
 from vrpo_loss import VRPOAlignment
-from vrpo_loss.rewards import DecodabilityReward, FidelityReward, PerceptualReward, RewardContext, RewardHead, SemanticReward, patchify
+from vrpo_loss.rewards import (
+    DecodabilityReward,
+    FidelityReward,
+    PerceptualReward,
+    RewardContext,
+    RewardHead,
+    SemanticReward,
+    patchify,
+)
 
 
 def test_semantic_reward_hand_computed():
     y = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # B=1, N=2, C=2, unit
     z = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]], [[[0.0, 2.0], [0.0, -3.0]]]])  # G=2
     ctx = RewardContext(targets=y)
-    r = SemanticReward().action_reward(z, ctx)
+    r = SemanticReward().reward(z, ctx)
     torch.testing.assert_close(r, torch.tensor([[[1.0, 2**-0.5]], [[0.0, -1.0]]]))
     cand = SemanticReward().candidate_reward(ctx)
     torch.testing.assert_close(cand, torch.eye(2).unsqueeze(0))
+    torch.testing.assert_close(RewardHead.candidate_reward(SemanticReward(), ctx), cand)  # the generic path
 
 
 def test_fidelity_reward():
@@ -37,15 +46,16 @@ def test_decodability_reward_candidates_match_actions():
     y = F.normalize(torch.randn(2, 4, 6), dim=-1)
     x0 = torch.randn(2, 2, 2, 2)
     ctx = RewardContext(targets=y, x0=x0)
-    cand = head.candidate_reward(ctx)  # (B, N, N)
+    cand = head.candidate_reward(ctx)  # (B, N, N), the closed form
     # choosing candidate j for token i = the action z = y_j for token i: loop reference
     for j in range(4):
         z = y[:, j : j + 1].expand(-1, 4, -1).unsqueeze(0)
-        torch.testing.assert_close(cand[:, :, j], head.action_reward(z, ctx)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cand[:, :, j], head.reward(z, ctx)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(RewardHead.candidate_reward(head, ctx), cand, atol=1e-5, rtol=1e-5)  # the generic path
     with pytest.raises(ValueError, match="x0"):
-        head.action_reward(z, RewardContext(targets=y))
+        head.reward(z, RewardContext(targets=y))
     with pytest.raises(ValueError, match="decodability_patch"):
-        head.action_reward(z, RewardContext(targets=y, x0=torch.randn(2, 2, 3, 3)))
+        head.reward(z, RewardContext(targets=y, x0=torch.randn(2, 2, 3, 3)))
 
 
 def test_perceptual_reward_with_random_lpips():
@@ -63,15 +73,23 @@ def test_perceptual_reward_with_random_lpips():
     ref = -net(pred[1:2], x0[1:2]).reshape(())
     torch.testing.assert_close(r[1], ref)
     assert head.sample_reward(RewardContext(x0=x0, x0_pred=pred, step=1)) is None  # not a k-th step
-    assert "perceptual" not in str(list(VRPOAlignment(hidden_dim=None, target_dims=(4,), perceptual_weight=1.0,
-                                                      perceptual_net=net).state_dict()))
+    # the LPIPS network stays out of the module's state_dict and parameters
+    align = VRPOAlignment(hidden_dim=None, target_dims=(4,), perceptual_weight=1.0, perceptual_net=net)
+    plain = VRPOAlignment(hidden_dim=None, target_dims=(4,))
+    assert set(align.state_dict()) == set(plain.state_dict())
+    lpips_tensors = {t.data_ptr() for t in net.state_dict().values()}
+    assert not lpips_tensors & {t.data_ptr() for t in align.state_dict().values() if torch.is_tensor(t)}
+    assert not lpips_tensors & {p.data_ptr() for p in align.parameters()}
 
 
 def test_perceptual_reward_with_decode_and_in_module():
     import lpips
 
     net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
-    decode = lambda z: torch.tanh(z[:, :3].repeat_interleave(4, -1).repeat_interleave(4, -2))
+
+    def decode(z):
+        return torch.tanh(z[:, :3].repeat_interleave(4, -1).repeat_interleave(4, -2))
+
     align = VRPOAlignment(hidden_dim=None, target_dims=(8,), perceptual_weight=1.0, perceptual_every=1,
                           perceptual_subset=2, perceptual_net=net, decode=decode, sample_weight=0.5)
     x0 = torch.randn(4, 4, 8, 8)
@@ -88,11 +106,8 @@ class Sharpness(RewardHead):
     level = "token"
     name = "first_channel"
 
-    def action_reward(self, z, ctx):
+    def reward(self, z, ctx):  # one method serves both policies
         return F.normalize(z, dim=-1)[..., 0]
-
-    def candidate_reward(self, ctx):
-        return ctx.targets[..., 0].unsqueeze(1).expand(-1, ctx.targets.shape[1], -1)
 
 
 @pytest.mark.parametrize("policy", ["gaussian", "correspondence"])
@@ -120,3 +135,12 @@ def test_heads_must_be_reward_heads_and_level_checked():
 
     with pytest.raises(ValueError, match="level"):
         Bad()
+
+
+def test_context_step_is_none_unless_given_and_perceptual_then_runs():
+    import lpips
+
+    assert RewardContext().step is None
+    net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+    x0 = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert PerceptualReward(net=net, every=3).sample_reward(RewardContext(x0=x0, x0_pred=x0)) is not None

@@ -81,7 +81,6 @@ def test_craft_vgg_tokens():
 
 @pytest.mark.parametrize("spec", ["none", "repa@1", "vrpo@0.5:policy=correspondence", "vrpo@0.5:policy=gaussian,group_size=4"])
 def test_train_run_smoke(spec):
-    pytest.importorskip("vrpo_loss")
     torch.manual_seed(0)
     data = SimpleNamespace(x_train=torch.rand(40, 1, 16, 16) * 2 - 1, y_train=torch.randint(0, 10, (40,)))
     feats = torch.randn(40, 64, 16)

@@ -27,15 +27,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .advantage import TimeBinnedNormalizer, world_rank
 from .config import VRPOConfig
-from .functional import bounded_sample_weight, repa_projection_loss, token_cosine
-from .policy import CorrespondencePolicy, GaussianPolicy
+from .functional import repa_projection_loss, resample_grid, token_cosine
+from .policies import policy_from_config
 from .projector import build_projector
-from .rewards import DecodabilityReward, FidelityReward, PerceptualReward, RewardContext, RewardHead, SemanticReward
+from .rewards import RewardContext, RewardHead, heads_from_config
 from .validation import as_list, check_inputs, check_optional, start_value_check
+from .weighting import TimeBinnedNormalizer, sample_weight
 
 __all__ = ["VRPOAlignment", "VRPOOutput"]
+
+Metrics = Dict[str, torch.Tensor]
 
 
 @dataclass
@@ -46,12 +48,22 @@ class VRPOOutput:
         loss: scalar, what replaces REPA's ``proj_loss`` (equals ``per_sample.mean()``).
         per_sample: (B,), for hosts that reduce per sample (SiT/DiT ``terms["loss"]``).
         metrics: detached scalars for logging (``loss_policy``, ``loss_anchor``, ``rewards/<head>/mean``,
-            ``adv/std``, ``frac_zero_std``, ``kl``, ``clip_frac``, ``signal_frac``, ``weight/*`` ...).
+            ``adv/std``, ``frac_zero_std``, ``kl``, ``signal_frac``, ``weight/*`` ...).
     """
 
     loss: torch.Tensor
     per_sample: torch.Tensor
     metrics: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _resolve_config(config: Optional[VRPOConfig], kwargs: dict) -> VRPOConfig:
+    if config is not None and not isinstance(config, VRPOConfig):
+        raise TypeError(f"config: expected a VRPOConfig, got {type(config).__name__}")
+    known = {f.name for f in dataclasses.fields(VRPOConfig)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"VRPOAlignment: unknown option(s) {unknown}; the options are the fields of VRPOConfig: {sorted(known)}")
+    return dataclasses.replace(config, **kwargs) if config is not None else VRPOConfig(**kwargs)
 
 
 class VRPOAlignment(nn.Module):
@@ -84,66 +96,25 @@ class VRPOAlignment(nn.Module):
         **kwargs,
     ):
         super().__init__()
-        if config is not None and not isinstance(config, VRPOConfig):
-            raise TypeError(f"config: expected a VRPOConfig, got {type(config).__name__}")
-        known = {f.name for f in dataclasses.fields(VRPOConfig)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"VRPOAlignment: unknown option(s) {unknown}; the options are the fields of VRPOConfig: {sorted(known)}")
-        cfg = dataclasses.replace(config, **kwargs) if config is not None else VRPOConfig(**kwargs)
-        self.config = cfg
-
+        cfg = self.config = _resolve_config(config, kwargs)
         self.projectors = (
             nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim) for c in cfg.target_dims)
             if cfg.hidden_dim is not None
             else None
         )
-        token_heads: List[RewardHead] = []
-        sample_heads: List[RewardHead] = []
-        if cfg.semantic_weight > 0:
-            token_heads.append(SemanticReward(weight=cfg.semantic_weight))
-        if cfg.decodability_weight > 0:
-            patch_dim = cfg.decodability_channels * cfg.decodability_patch**2
-            token_heads.append(
-                DecodabilityReward(target_dims=cfg.target_dims, patch_dim=patch_dim, patch=cfg.decodability_patch,
-                                   hidden=cfg.decodability_hidden, weight=cfg.decodability_weight)
-            )
-        if cfg.fidelity_weight > 0:
-            sample_heads.append(FidelityReward(weight=cfg.fidelity_weight))
-        if cfg.perceptual_weight > 0:
-            sample_heads.append(
-                PerceptualReward(decode=decode, net=perceptual_net, backbone=cfg.perceptual_net, every=cfg.perceptual_every,
-                                 subset=cfg.perceptual_subset, weight=cfg.perceptual_weight)
-            )
-        for h in heads:
-            if not isinstance(h, RewardHead):
-                raise TypeError(f"heads: expected RewardHead instances, got {type(h).__name__}")
-            (token_heads if h.level == "token" else sample_heads).append(h)
+        token_heads, sample_heads = heads_from_config(cfg, heads, decode=decode, perceptual_net=perceptual_net)
         self.token_heads = nn.ModuleList(token_heads)
         self.sample_heads = nn.ModuleList(sample_heads)
-        self.normalizer = TimeBinnedNormalizer(
-            heads=max(1, len(sample_heads)), time_bins=cfg.time_bins, momentum=cfg.stats_momentum, eps=cfg.adv_eps, clip=cfg.adv_clip
-        )
-        if cfg.policy == "gaussian":
-            self.policy = GaussianPolicy(
-                target_dims=cfg.target_dims, group_size=cfg.group_size, sigma=cfg.sigma, space=cfg.space,
-                antithetic=cfg.antithetic, control_variate=cfg.control_variate, learn_sigma=cfg.learn_sigma, sigma_final=cfg.sigma_final,
-                sigma_decay_steps=cfg.sigma_decay_steps, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
-                adv_scale=cfg.adv_scale, adv_eps=cfg.adv_eps, adv_clip=cfg.adv_clip, clip_eps=cfg.clip_eps,
-                max_action_elements=cfg.max_action_elements,
-            )
-        else:
-            self.policy = CorrespondencePolicy(tau=cfg.tau, adv_scale=cfg.adv_scale, adv_eps=cfg.adv_eps, adv_clip=cfg.adv_clip, clip_eps=cfg.clip_eps)
+        self.normalizer = TimeBinnedNormalizer.from_config(cfg, heads=max(1, len(sample_heads)))
+        self.policy = policy_from_config(cfg)
         self.step = 0  # training calls so far; saved through get_extra_state
-        self.seed = int(torch.randint(0, 1 << 62, (1,)).item())  # CPU generator: no device sync
 
-    # ----- state that is not a tensor (step counter, noise seed) travels in state_dict
+    # ----- the step counter is not a tensor: it travels in state_dict as extra state
     def get_extra_state(self):
-        return {"step": self.step, "seed": self.seed}
+        return {"step": self.step}
 
     def set_extra_state(self, state):
         self.step = int(state["step"])
-        self.seed = int(state["seed"])
 
     def extra_repr(self) -> str:
         c = self.config
@@ -157,103 +128,85 @@ class VRPOAlignment(nn.Module):
 
     def forward(self, features, targets, t=None, denoise_loss=None, x0_pred=None, x0=None) -> VRPOOutput:
         cfg = self.config
-        features = as_list(features, "features")
-        targets = check_inputs(features, as_list(targets, "targets"), hidden_dim=cfg.hidden_dim,
-                               target_dims=cfg.target_dims, resample_tokens=cfg.resample_tokens)
-        batch = features[0].shape[0]
-        t, denoise_loss = check_optional(batch, t, denoise_loss, x0_pred, x0)
-        check = None
-        if cfg.validate:
-            named = [(f"features[{i}]", h.detach(), "finite") for i, h in enumerate(features)]
-            named += [(f"targets[{i}]", y.detach(), "finite") for i, y in enumerate(targets)]
-            if t is not None:
-                named.append(("t", t.detach(), "unit"))
-            if denoise_loss is not None:
-                named.append(("denoise_loss", denoise_loss, "finite"))
-            check = start_value_check(named)  # read at the end, once this call's work is queued
+        features, targets = as_list(features, "features"), as_list(targets, "targets")
+        check_inputs(features, targets, hidden_dim=cfg.hidden_dim, target_dims=cfg.target_dims,
+                     resample_tokens=cfg.resample_tokens)
+        t, denoise_loss = check_optional(features[0].shape[0], t, denoise_loss, x0_pred, x0)
+        check = self._start_value_check(features, targets, t, denoise_loss) if cfg.validate else None
+        targets = [y if y.shape[1] == h.shape[1] else resample_grid(y, h.shape[1], f"targets[{i}]")
+                   for i, (h, y) in enumerate(zip(features, targets))]
 
         mus = self.project(features)
-        device_type = mus[0].device.type
-        with torch.autocast(device_type=device_type, enabled=False):
+        with torch.autocast(device_type=mus[0].device.type, enabled=False):
             mus = [m.float() for m in mus]
-            ys = [F.normalize(y.detach().float(), dim=-1) for y in targets]
+            ys = self._prepare_targets(targets)
             if cfg.mode == "repa":
                 per_sample = repa_projection_loss(mus, ys, reduction="none")
                 metrics = {"loss_anchor": per_sample.mean().detach(), "cos": -per_sample.mean().detach()}
                 out = VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics=metrics)
             else:
-                out = self._vrpo(mus, ys, t, denoise_loss, x0_pred, x0, None if check is None else check.ok)
+                ctx = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0, step=self._step_if_read())
+                out = self._vrpo(mus, ys, ctx, None if check is None else check.ok)
         if check is not None:
             check.finish()  # raises on a bad input; the statistics were not updated (masked by check.ok)
         if self.training and cfg.mode != "repa":
             self._advance()
         return out
 
+    @staticmethod
+    def _start_value_check(features, targets, t, denoise_loss):
+        named = [(f"features[{i}]", h.detach(), "finite") for i, h in enumerate(features)]
+        named += [(f"targets[{i}]", y.detach(), "finite") for i, y in enumerate(targets)]
+        if t is not None:
+            named.append(("t", t.detach(), "unit"))
+        if denoise_loss is not None:
+            named.append(("denoise_loss", denoise_loss, "finite"))
+        return start_value_check(named)  # read at the end, once this call's work is queued
+
+    @staticmethod
+    def _prepare_targets(targets: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The targets as the objective sees them: detached, fp32, unit-normalised per token."""
+        return [F.normalize(y.detach().float(), dim=-1) for y in targets]
+
+    def _step_if_read(self) -> Optional[int]:
+        # The step is read only where a result depends on it (a head or a policy that declares
+        # ``uses_step``): under torch.compile, reading a Python int guards on its value.
+        readers = list(self.token_heads) + list(self.sample_heads)
+        if any(h.uses_step for h in readers) or (self.policy.uses_step and self.config.policy_coeff > 0):
+            return self.step
+        return None
+
     @torch.compiler.disable
     def _advance(self) -> None:
         # Runs eagerly under torch.compile: a traced ``self.step += 1`` would guard on the step's value
-        # and recompile every call. The traced code reads ``self.step`` only where a result depends
-        # on it (the Gaussian noise seed, a diagnostics or perceptual period above 1).
+        # and recompile every call.
         self.step += 1
 
-    def _sample_weight(self, ctx: RewardContext, metrics: Dict[str, torch.Tensor], batch: int, device, commit) -> torch.Tensor:
-        cfg = self.config
-        rewards, masks, weights = [], [], []
-        for head in self.sample_heads:
-            got = head.sample_reward(ctx)
-            if got is None:
-                rewards.append(torch.zeros(batch, device=device))
-                masks.append(torch.zeros(batch, dtype=torch.bool, device=device))
-            else:
-                r, m = got
-                r = r.detach().float().reshape(batch)
-                m = torch.ones(batch, dtype=torch.bool, device=device) if m is None else m.reshape(batch)
-                metrics[f"rewards/{head.name}/mean"] = (r * m).sum() / m.sum().clamp_min(1)
-                rewards.append(r)
-                masks.append(m)
-            weights.append(head.weight)
-        if not rewards:
-            return torch.ones(batch, device=device)
-        r, m = torch.stack(rewards), torch.stack(masks)
-        adv = self.normalizer(r, m, ctx.t, commit=commit)  # (H, B); the running stats update in training mode
-        hw = torch.stack([wt * mk.float() for wt, mk in zip(weights, m)])
-        a = (hw * adv).sum(0) / hw.sum(0).clamp_min(1e-12)
-        metrics["adv/sample_std"] = a.std() if batch > 1 else torch.zeros((), device=device)
-        if cfg.sample_weight == 0:
-            return torch.ones(batch, device=device)
-        w = bounded_sample_weight(a, strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max)
-        metrics["weight/min"], metrics["weight/max"] = w.min(), w.max()
-        return w
+    def _diagnostics_now(self) -> bool:
+        every = self.config.diagnostics_every
+        return every == 1 or (every > 1 and self.step % every == 0)
 
-    def _vrpo(self, mus, ys, t, denoise_loss, x0_pred, x0, commit: Optional[torch.Tensor]) -> VRPOOutput:
+    def _vrpo(self, mus, ys, base: RewardContext, commit: Optional[torch.Tensor]) -> VRPOOutput:
         cfg = self.config
-        batch, device = mus[0].shape[0], mus[0].device
-        uses_step = any(h.uses_step for h in list(self.token_heads) + list(self.sample_heads))
-        step = self.step if uses_step else None
-        base = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0, step=step)
-        metrics: Dict[str, torch.Tensor] = {}
-        w = self._sample_weight(base, metrics, batch, device, commit).detach()
-
-        stochastic = isinstance(self.policy, GaussianPolicy)
-        if stochastic:
-            self.policy.step = self.step
-        every = cfg.diagnostics_every
-        diagnostics = every == 1 or (every > 1 and self.step % every == 0)
-        rank = world_rank()
-        anchor, policy, aux = [], [], []
-        per_encoder: List[Dict[str, torch.Tensor]] = []
+        metrics: Metrics = {}
+        w = sample_weight(list(self.sample_heads), self.normalizer, base, batch=mus[0].shape[0], device=mus[0].device,
+                          strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max, commit=commit, metrics=metrics)
+        run_policy = cfg.policy_coeff > 0  # False: no policy work at all
+        diagnostics = run_policy and self._diagnostics_now()
+        anchor, policy, aux, per_encoder = [], [], [], []
         for e, (mu, y) in enumerate(zip(mus, ys)):
             ctx = dataclasses.replace(base, targets=y, encoder=e)
             anchor.append((1 - token_cosine(mu, y)).mean(-1))
-            if cfg.policy_coeff > 0:
-                seed = hash((self.seed, self.step, rank, e)) & ((1 << 62) - 1) if stochastic else 0
-                pg, m = self.policy.term(mu, ctx, list(self.token_heads), w, seed=seed, diagnostics=diagnostics)
+            if run_policy:
+                pg, m = self.policy.term(mu, ctx, list(self.token_heads), w, diagnostics=diagnostics)
                 policy.append(pg)
                 per_encoder.append(m)
-            for head in self.token_heads:
-                extra = head.aux_loss(mu, ctx)
-                if extra is not None:
-                    aux.append(extra)
+            aux += [x for x in (head.aux_loss(mu, ctx) for head in self.token_heads) if x is not None]
+        return self._reduce(w, anchor, policy, aux, per_encoder, metrics, encoders=len(mus))
+
+    def _reduce(self, w, anchor, policy, aux, per_encoder, metrics: Metrics, *, encoders: int) -> VRPOOutput:
+        """The loss in one place: ``anchor_coeff * w * anchor + policy_coeff * policy + head losses``, per sample."""
+        cfg = self.config
         loss_anchor = torch.stack(anchor).mean(0)
         per_sample = cfg.anchor_coeff * w * loss_anchor
         if policy:
@@ -263,7 +216,7 @@ class VRPOAlignment(nn.Module):
             for key in per_encoder[0]:
                 metrics[key] = torch.stack([m[key] for m in per_encoder]).mean()
         if aux:
-            loss_heads = torch.stack(aux).sum(0) / len(mus)
+            loss_heads = torch.stack(aux).sum(0) / encoders
             per_sample = per_sample + loss_heads
             metrics["loss_heads"] = loss_heads.mean().detach()
         metrics["loss_anchor"] = loss_anchor.mean().detach()

@@ -43,7 +43,7 @@ class VRPOConfig:
     tau: float = _opt(0.1, "Correspondence policy: softmax temperature over cos(mu_i, y_j); smaller is sharper.")
     group_size: int = _opt(8, "Gaussian policy: actions G per token (at least 2: a group of one has no relative advantage).")
     sigma: float = _opt(0.1, "Gaussian policy: exploration std. In 'sphere' space relative to the unit sphere (noise norm ~ sigma); in 'euclidean' per channel, absolute.")
-    space: str = _opt("sphere", "Gaussian policy: 'sphere' samples around normalize(mu) and normalises the action; 'euclidean' samples around mu (the first prototype).")
+    space: str = _opt("sphere", "Gaussian policy: 'sphere' samples around normalize(mu) and normalises the action; 'euclidean' samples around mu.")
     antithetic: bool = _opt(True, "Gaussian policy: draw noise in antithetic pairs (eps, -eps); needs an even group_size.")
     control_variate: bool = _opt(False, "Gaussian policy: use the reward's linearisation at the mean as a control variate: its part of the policy gradient is taken in closed form and only the curvature residual is sampled.")
     learn_sigma: bool = _opt(False, "Gaussian policy: learn log-sigma per channel (a parameter: give it to the optimizer).")
@@ -56,9 +56,8 @@ class VRPOConfig:
     adv_scale: str = _opt("group", "Token advantage scaling (TRL's names): 'group' std per group, 'batch' std of all rewards, 'none' centring only.")
     adv_eps: float = _opt(1e-4, "Added to the std when normalising advantages.")
     adv_clip: float = _opt(5.0, "Advantages are clamped to [-adv_clip, adv_clip].")
-    clip_eps: float = _opt(0.2, "PPO ratio clip epsilon of the surrogate.")
     # --- objective
-    policy_coeff: float = _opt(1.0, "Weight of the policy (surrogate) term.")
+    policy_coeff: float = _opt(1.0, "Weight of the policy term (the group-normalised policy gradient).")
     anchor_coeff: float = _opt(1.0, "Weight of the anchor term mean(w_b * (1 - cos(mu, y))), REPA's loss up to a constant.")
     # --- sample-level weighting
     sample_weight: float = _opt(0.0, "Strength kappa of the per-sample weight w_b = clamp(1 + kappa * a_b, w_min, w_max), divided by its batch mean, from the sample-level advantage; 0 turns weighting off, negative favours samples that earn less than usual.")
@@ -70,7 +69,7 @@ class VRPOConfig:
     semantic_weight: float = _opt(1.0, "Token-level semantic coherence reward cos(z, y) (cos(y_i, y_j) for candidates).")
     fidelity_weight: float = _opt(1.0, "Sample-level generation fidelity reward -denoise_loss (used when denoise_loss is passed).")
     perceptual_weight: float = _opt(0.0, "Sample-level perceptual reward -LPIPS(decode(x0_pred), decode(x0)); 0 turns it off.")
-    perceptual_every: int = _opt(40, "Perceptual reward computed every this many training steps (40 with subset 8: 1.7% of an eager SiT-XL/2 step at batch 32 on an H200, with SD-VAE decoding; docs/performance.md).")
+    perceptual_every: int = _opt(40, "Perceptual reward computed every this many training steps (its cost: docs/performance.md).")
     perceptual_subset: int = _opt(8, "Perceptual reward computed on at most this many samples of the batch.")
     perceptual_net: str = _opt("vgg", "LPIPS backbone: 'vgg', 'alex' or 'squeeze'.")
     decodability_weight: float = _opt(0.0, "Token-level decodability reward (a learned head predicts each token's clean patch from z); 0 turns it off.")
@@ -118,8 +117,6 @@ class VRPOConfig:
             raise ValueError(f"sigma: expected a value in [sigma_min, sigma_max] = [{self.sigma_min}, {self.sigma_max}], got {self.sigma}")
         if self.sigma_final is not None and not self.sigma_min <= self.sigma_final <= self.sigma_max:
             raise ValueError(f"sigma_final: expected None or a value in [{self.sigma_min}, {self.sigma_max}], got {self.sigma_final}")
-        if not 0 <= self.clip_eps < 1:
-            raise ValueError(f"clip_eps: expected a value in [0, 1), got {self.clip_eps}")
         if not 0 < self.stats_momentum <= 1:
             raise ValueError(f"stats_momentum: expected a value in (0, 1], got {self.stats_momentum}")
         if not 0 <= self.w_min <= 1 <= self.w_max:
@@ -133,9 +130,16 @@ class VRPOConfig:
         """A table of every field: name, default and help text (the README's options table)."""
         rows = ["| option | default | meaning |", "|---|---|---|"]
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append(f"| `{f.name}` | `{default!r}` | {f.metadata['help']} |")
+            rows.append(f"| `{f.name}` | `{cls.default(f.name)!r}` | {f.metadata['help']} |")
         return "\n".join(rows)
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field ``name``: the one source of every component's defaults."""
+        for f in dataclasses.fields(cls):
+            if f.name == name:
+                return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        raise KeyError(f"name: VRPOConfig has no field {name!r}")
 
     def replace(self, **changes: Any) -> "VRPOConfig":
         """A copy with some fields changed (validated)."""

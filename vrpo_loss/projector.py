@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from .config import VRPOConfig
+
 __all__ = ["build_projector"]
 
 
-def build_projector(hidden_dim: int, target_dim: int, projector_dim: int = 2048) -> nn.Sequential:
+def build_projector(hidden_dim: int, target_dim: int, projector_dim: int = VRPOConfig.default("projector_dim")) -> nn.Sequential:
     """REPA's projector MLP.
 
     Shape:

@@ -11,13 +11,11 @@ device) keeps the running statistics from being updated by a batch that will be 
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["ValueCheck", "as_list", "check_inputs", "resample_grid", "start_value_check"]
+__all__ = ["ValueCheck", "as_list", "check_inputs", "check_optional", "start_value_check"]
 
 
 def as_list(x, name: str) -> List[torch.Tensor]:
@@ -34,21 +32,6 @@ def _float(x: torch.Tensor, name: str, hint: str = "") -> None:
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}{hint}")
 
 
-def resample_grid(y: torch.Tensor, n: int, name: str) -> torch.Tensor:
-    """Bilinearly resample square token grids from ``y.shape[1]`` tokens to ``n`` tokens.
-
-    Shape:
-        y: (B, M, C) with M a square; output (B, n, C) with n a square.
-    """
-    b, m, c = y.shape
-    sm, sn = math.isqrt(m), math.isqrt(n)
-    if sm * sm != m or sn * sn != n:
-        raise ValueError(f"{name}: can only resample square token grids, got {m} tokens for {n} features tokens")
-    grid = y.transpose(1, 2).reshape(b, c, sm, sm)
-    grid = F.interpolate(grid.float(), size=(sn, sn), mode="bilinear", align_corners=False)
-    return grid.reshape(b, c, n).transpose(1, 2).to(y.dtype)
-
-
 def check_inputs(
     features: Sequence[torch.Tensor],
     targets: Sequence[torch.Tensor],
@@ -56,15 +39,14 @@ def check_inputs(
     hidden_dim: Optional[int],
     target_dims: Tuple[int, ...],
     resample_tokens: bool,
-) -> List[torch.Tensor]:
-    """Check shapes and dtypes; returns the targets, resampled to the features' grid when allowed."""
+) -> None:
+    """Check shapes and dtypes (metadata only); token grids may differ only when ``resample_tokens``."""
     e = len(target_dims)
     if len(features) != e or len(targets) != e:
         raise ValueError(
             f"features, targets: expected one tensor per encoder ({e} encoders, from target_dims={target_dims}), "
             f"got {len(features)} features and {len(targets)} targets"
         )
-    out = []
     for i, (h, y) in enumerate(zip(features, targets)):
         fn, tn = f"features[{i}]", f"targets[{i}]"
         _float(h, fn)
@@ -81,18 +63,14 @@ def check_inputs(
             raise ValueError(f"{tn}: expected last dimension {target_dims[i]} (target_dims[{i}]), got shape {tuple(y.shape)}")
         if y.shape[0] != h.shape[0]:
             raise ValueError(f"{tn}: batch size {y.shape[0]} does not match {fn}'s {h.shape[0]}")
-        if y.shape[1] != h.shape[1]:
-            if not resample_tokens:
-                raise ValueError(
-                    f"{tn}: {y.shape[1]} encoder tokens but {h.shape[1]} diffusion tokens; run the encoder at the resolution "
-                    "whose patch grid matches the diffusion model's, or pass resample_tokens=True to resample the targets"
-                )
-            y = resample_grid(y, h.shape[1], tn)
-        out.append(y)
+        if y.shape[1] != h.shape[1] and not resample_tokens:
+            raise ValueError(
+                f"{tn}: {y.shape[1]} encoder tokens but {h.shape[1]} diffusion tokens; run the encoder at the resolution "
+                "whose patch grid matches the diffusion model's, or pass resample_tokens=True to resample the targets"
+            )
     b = features[0].shape[0]
     if any(h.shape[0] != b for h in features):
         raise ValueError(f"features: every encoder's features must have the same batch size, got {[h.shape[0] for h in features]}")
-    return out
 
 
 def check_optional(batch: int, t, denoise_loss, x0_pred, x0):
@@ -100,7 +78,7 @@ def check_optional(batch: int, t, denoise_loss, x0_pred, x0):
     if t is not None:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"t: expected a tensor of shape ({batch},), got {type(t).__name__}")
-        _float(t, "t", "; VRPO's time is in [0, 1] with 0 = clean data (DiT: pass t.float() / 1000)")
+        _float(t, "t", "; VRPO's time is in [0, 1] with 0 = clean data (DiT: pass (t + 1).float() / 1000)")
         if t.numel() != batch:
             raise ValueError(f"t: expected {batch} values (one per sample), got shape {tuple(t.shape)}")
         t = t.reshape(batch)
@@ -150,7 +128,7 @@ class ValueCheck:
                 if kind == "unit":
                     raise ValueError(
                         f"{name}: expected finite values in [0, 1] (0 = clean data, 1 = noise), got min {x.min().item():.4g}, "
-                        f"max {x.max().item():.4g}; SiT hosts pass 1 - t, DiT hosts t / 1000"
+                        f"max {x.max().item():.4g}; SiT hosts pass 1 - t, DiT hosts (t + 1) / 1000 for its integer t in [0, 1000)"
                     )
                 bad = int((~torch.isfinite(x)).sum())
                 raise ValueError(

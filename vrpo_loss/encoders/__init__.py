@@ -4,10 +4,12 @@
 gives the patch tokens REPA aligns to; ``preprocess`` is REPA's ``preprocess_raw_image``.
 Heavy libraries (timm, transformers) are imported only when an encoder is built.
 """
+from .checkpoint import infer_encoder_name, read_checkpoint
 from .frozen import FrozenEncoder, check_token_count
-from .load import infer_encoder_name, load_encoder, read_checkpoint
-from .preprocess import encoder_input_size, preprocess, resample_pos_embed
+from .load import load_encoder, resolve
+from .preprocess import encoder_input_size, preprocess
 from .registry import ENCODERS, EncoderSpec, encoder_names, get_spec
+from .sources import SOURCES, resample_pos_embed
 
 __all__ = [
     "ENCODERS",
@@ -22,4 +24,6 @@ __all__ = [
     "preprocess",
     "read_checkpoint",
     "resample_pos_embed",
+    "resolve",
+    "SOURCES",
 ]

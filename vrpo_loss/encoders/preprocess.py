@@ -19,7 +19,7 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 CLIP_DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 
-__all__ = ["preprocess", "encoder_input_size", "resample_pos_embed"]
+__all__ = ["preprocess", "encoder_input_size"]
 
 
 def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -87,29 +87,3 @@ def preprocess(
         x = x / 255.0
         x = _normalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     return x
-
-
-def resample_pos_embed(
-    pos_embed: torch.Tensor, grid: int, *, num_prefix_tokens: int = 1
-) -> torch.Tensor:
-    """Resample a ViT absolute positional embedding to a ``grid x grid`` patch grid.
-
-    Bicubic with antialiasing, prefix (CLS, register) positions kept, as REPA does with
-    ``timm.layers.pos_embed.resample_abs_pos_embed``.
-
-    Shape:
-        - pos_embed: (1, P + M * M, C) with ``P = num_prefix_tokens``
-        - output: (1, P + grid * grid, C)
-    """
-    from timm.layers.pos_embed import resample_abs_pos_embed
-
-    n = pos_embed.shape[1] - num_prefix_tokens
-    m = int(round(n ** 0.5))
-    if m * m != n:
-        raise ValueError(
-            f"pos_embed: expected {num_prefix_tokens} prefix positions plus a square grid, got "
-            f"{pos_embed.shape[1]} positions ({n} is not a square). Hint: check num_prefix_tokens."
-        )
-    if m == grid:
-        return pos_embed
-    return resample_abs_pos_embed(pos_embed, [grid, grid], num_prefix_tokens=num_prefix_tokens)

@@ -1,8 +1,8 @@
-import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from vrpo_loss.advantage import TimeBinnedNormalizer
+from vrpo_loss.weighting import TimeBinnedNormalizer, bounded_sample_weight
 
 
 def _loop_reference(batches, K, momentum, eps, clip):
@@ -92,3 +92,15 @@ def test_always_finite_and_bounded(b, scale, bins):
         adv = norm(torch.randn(1, b) * scale, None, torch.rand(b))
         assert torch.isfinite(adv).all() and adv.abs().max() <= 5.0
     assert torch.isfinite(norm.mean).all() and torch.isfinite(norm.var).all()
+
+
+def test_bounded_sample_weight():
+    a = torch.tensor([-10.0, -0.5, 0.0, 0.5, 10.0])
+    w = bounded_sample_weight(a, strength=0.5, w_min=0.5, w_max=2.0)
+    raw = [0.5, 0.75, 1.0, 1.25, 2.0]  # clamp(1 + 0.5 a) by hand
+    mean = sum(raw) / 5
+    torch.testing.assert_close(w, torch.tensor([min(max(r / mean, 0.5), 2.0) for r in raw]))
+    # advantages biased upwards (rewards running ahead of their statistics): the mean weight stays one
+    biased = bounded_sample_weight(torch.tensor([0.2, 0.5, 0.9, 1.0]), strength=0.5, w_min=0.5, w_max=2.0)
+    assert abs(biased.mean().item() - 1) < 1e-6 and biased[0] < biased[3]
+    assert torch.all(bounded_sample_weight(a, strength=0.0, w_min=0.5, w_max=2.0) == 1)

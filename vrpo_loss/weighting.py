@@ -1,11 +1,13 @@
-"""Sample-level advantage: rewards normalised against running statistics per timestep bin.
+"""The sample-level stage: reward -> per-timestep-bin advantage -> bounded per-sample weight.
 
 A sample at t = 0.9 always denoises worse than one at t = 0.1, so a sample-level reward only means
 something relative to what is usual at its timestep. :class:`TimeBinnedNormalizer` keeps an EMA of
 the mean and variance of each reward head in ``time_bins`` bins of ``t`` (buffers, so they travel
 in ``state_dict``), all-reduced across ranks when ``torch.distributed`` is initialised, and
 normalises each sample's reward against its bin. Everything is vectorised (``index_add`` into the
-bins): no Python loop over bins and no host-device synchronisation.
+bins): no Python loop over bins and no host-device synchronisation. :func:`sample_weight` runs the
+stage: the heads' rewards, their normalised advantages (a weighted mean over heads), and
+:func:`bounded_sample_weight`.
 
 Token-level advantages (group-relative, GRPO) are pure functions: see
 :func:`vrpo_loss.functional.group_advantage` and :func:`~vrpo_loss.functional.candidate_advantage`.
@@ -13,25 +15,18 @@ Token-level advantages (group-relative, GRPO) are pure functions: see
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ["TimeBinnedNormalizer", "all_reduce_sum", "world_rank"]
+from .config import VRPOConfig
+from .distributed import all_reduce_sum
+from .rewards import RewardContext, RewardHead
 
+__all__ = ["TimeBinnedNormalizer", "bounded_sample_weight", "sample_rewards", "sample_weight"]
 
-def world_rank() -> int:
-    """This process's rank, 0 when ``torch.distributed`` is not initialised."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum ``x`` over ranks in place when ``torch.distributed`` runs with more than one process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+_D = VRPOConfig.default
 
 
 class TimeBinnedNormalizer(nn.Module):
@@ -43,6 +38,7 @@ class TimeBinnedNormalizer(nn.Module):
         momentum: EMA momentum; a bin's first batch initialises it.
         eps: added to the std.
         clip: normalised rewards are clamped to ``[-clip, clip]``.
+        (Defaults: ``VRPOConfig``'s ``time_bins``, ``stats_momentum``, ``adv_eps``, ``adv_clip``.)
 
     Buffers:
         mean, var, count: (H, K).
@@ -51,7 +47,8 @@ class TimeBinnedNormalizer(nn.Module):
         rewards: (H, B); mask: (H, B) bool of valid entries; t: (B,) or None. Output: (H, B).
     """
 
-    def __init__(self, *, heads: int, time_bins: int = 10, momentum: float = 0.01, eps: float = 1e-4, clip: float = 5.0):
+    def __init__(self, *, heads: int, time_bins: int = _D("time_bins"), momentum: float = _D("stats_momentum"),
+                 eps: float = _D("adv_eps"), clip: float = _D("adv_clip")):
         super().__init__()
         self.time_bins = time_bins
         self.momentum = momentum
@@ -60,6 +57,10 @@ class TimeBinnedNormalizer(nn.Module):
         self.register_buffer("mean", torch.zeros(heads, time_bins))
         self.register_buffer("var", torch.ones(heads, time_bins))
         self.register_buffer("count", torch.zeros(heads, time_bins))
+
+    @classmethod
+    def from_config(cls, cfg: VRPOConfig, *, heads: int) -> "TimeBinnedNormalizer":
+        return cls(heads=heads, time_bins=cfg.time_bins, momentum=cfg.stats_momentum, eps=cfg.adv_eps, clip=cfg.adv_clip)
 
     def bins(self, t: torch.Tensor) -> torch.Tensor:
         """Bin index of each ``t``. Shape: (B,) -> (B,) long."""
@@ -121,3 +122,74 @@ class TimeBinnedNormalizer(nn.Module):
         sd = var.gather(1, bins.expand(rewards.shape[0], -1)).sqrt()
         adv = (torch.where(valid, rewards, mu) - mu) / (sd + self.eps)
         return adv.clamp(-self.clip, self.clip).masked_fill(~valid, 0.0)
+
+
+def bounded_sample_weight(advantage: torch.Tensor, *, strength: float, w_min: float, w_max: float) -> torch.Tensor:
+    """Per-sample weight from a normalised advantage, with batch mean one.
+
+    ``w = clamp(1 + strength * a, w_min, w_max)``, divided by its batch mean, clamped again. The
+    division matters: while the model improves, its rewards run ahead of the running statistics, so
+    nearly every advantage is positive and undivided weights would average well above one, a hidden
+    increase of the alignment coefficient. ``strength > 0`` aligns more strongly the samples that
+    earn more reward than is usual at their timestep; ``strength < 0`` the ones that earn less;
+    ``strength = 0`` gives weight one.
+
+    Shape:
+        advantage: (B,). Output: (B,).
+    """
+    w = (1.0 + strength * advantage).clamp(w_min, w_max)
+    return (w / w.mean().clamp_min(1e-12)).clamp(w_min, w_max)
+
+
+def sample_rewards(heads: Sequence[RewardHead], ctx: RewardContext, batch: int, device,
+                   metrics: Dict[str, torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Each head's detached reward and mask (zeros and all-False when it has nothing to say); reports the means.
+
+    Shape:
+        Output: two lists, one (B,) tensor per head.
+    """
+    rewards, masks = [], []
+    for head in heads:
+        got = head.sample_reward(ctx)
+        if got is None:
+            rewards.append(torch.zeros(batch, device=device))
+            masks.append(torch.zeros(batch, dtype=torch.bool, device=device))
+            continue
+        r, m = got
+        r = r.detach().float().reshape(batch)
+        m = torch.ones(batch, dtype=torch.bool, device=device) if m is None else m.reshape(batch)
+        metrics[f"rewards/{head.name}/mean"] = (r * m).sum() / m.sum().clamp_min(1)
+        rewards.append(r)
+        masks.append(m)
+    return rewards, masks
+
+
+def sample_weight(
+    heads: Sequence[RewardHead], normalizer: TimeBinnedNormalizer, ctx: RewardContext, *, batch: int, device,
+    strength: float, w_min: float, w_max: float, commit: Optional[torch.Tensor], metrics: Dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """The per-sample weights ``w_b`` (detached); in training mode the running statistics take the batch in.
+
+    Args:
+        heads: the sample-level heads; normalizer: their running statistics.
+        strength, w_min, w_max: as :func:`bounded_sample_weight` (strength 0: weight one).
+        commit: 0-dim bool on the device (the value check's verdict), or None; see
+            :meth:`TimeBinnedNormalizer.forward`.
+        metrics: where the stage's metrics are written.
+
+    Shape:
+        ctx.t: (B,) or None. Output: (B,).
+    """
+    if not heads:
+        return torch.ones(batch, device=device)
+    rewards, masks = sample_rewards(heads, ctx, batch, device, metrics)
+    r, m = torch.stack(rewards), torch.stack(masks)
+    adv = normalizer(r, m, ctx.t, commit=commit)  # (H, B)
+    hw = torch.stack([h.weight * mk.float() for h, mk in zip(heads, m)])
+    a = (hw * adv).sum(0) / hw.sum(0).clamp_min(1e-12)
+    metrics["adv/sample_std"] = a.std() if batch > 1 else torch.zeros((), device=device)
+    if strength == 0:
+        return torch.ones(batch, device=device)
+    w = bounded_sample_weight(a, strength=strength, w_min=w_min, w_max=w_max)
+    metrics["weight/min"], metrics["weight/max"] = w.min(), w.max()
+    return w.detach()
