@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .advantage import TimeBinnedNormalizer, world_rank
 from .config import VRPOConfig
 from .functional import bounded_sample_weight, repa_projection_loss, token_cosine
+from .peers import connected_zero, peer_terms, stop_factor, zscore_tokens
 from .policy import CorrespondencePolicy, GaussianPolicy
 from .projector import build_projector
 from .rewards import DecodabilityReward, FidelityReward, PerceptualReward, RewardContext, RewardHead, SemanticReward
@@ -71,7 +72,10 @@ class VRPOAlignment(nn.Module):
         t: (B,) in [0, 1], 0 = clean data, 1 = noise (optional).
         denoise_loss: (B,) per-sample denoising loss (optional, detached inside).
         x0_pred, x0: predicted and true clean inputs (B, ...) (optional; perceptual/decodability).
-        Output: :class:`VRPOOutput` with ``loss`` scalar and ``per_sample`` (B,).
+        Output: :class:`VRPOOutput` with ``loss`` scalar and ``per_sample`` (B,), ``loss == per_sample.mean()``;
+        with ``time_weight="sigmoid"``, ``per_sample[b] = B * w_b / sum(w) * loss_b`` (its mean is the weighted mean).
+
+    Peer options (iREPA, VA-REPA, HASTE, SARA-style; :mod:`vrpo_loss.peers`) compose with both modes.
     """
 
     def __init__(
@@ -94,7 +98,8 @@ class VRPOAlignment(nn.Module):
         self.config = cfg
 
         self.projectors = (
-            nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim) for c in cfg.target_dims)
+            nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim, kind=cfg.projector, kernel=cfg.projector_kernel,
+                                          token_grid=cfg.token_grid) for c in cfg.target_dims)
             if cfg.hidden_dim is not None
             else None
         )
@@ -162,6 +167,8 @@ class VRPOAlignment(nn.Module):
                                target_dims=cfg.target_dims, resample_tokens=cfg.resample_tokens)
         batch = features[0].shape[0]
         t, denoise_loss = check_optional(batch, t, denoise_loss, x0_pred, x0)
+        if cfg.time_weight != "uniform" and t is None:
+            raise ValueError(f"time_weight: {cfg.time_weight!r} weights each sample by its time and needs t, got t=None; pass t (0 = clean data, 1 = noise)")
         check = None
         if cfg.validate:
             named = [(f"features[{i}]", h.detach(), "finite") for i, h in enumerate(features)]
@@ -172,28 +179,44 @@ class VRPOAlignment(nn.Module):
                 named.append(("denoise_loss", denoise_loss, "finite"))
             check = start_value_check(named)  # read at the end, once this call's work is queued
 
-        mus = self.project(features)
-        device_type = mus[0].device.type
-        with torch.autocast(device_type=device_type, enabled=False):
-            mus = [m.float() for m in mus]
-            ys = [F.normalize(y.detach().float(), dim=-1) for y in targets]
-            if cfg.mode == "repa":
-                per_sample = repa_projection_loss(mus, ys, reduction="none")
-                metrics = {"loss_anchor": per_sample.mean().detach(), "cos": -per_sample.mean().detach()}
-                out = VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics=metrics)
-            else:
-                out = self._vrpo(mus, ys, t, denoise_loss, x0_pred, x0, None if check is None else check.ok)
+        scale = None if cfg.stop_step is None else self._stop_scale(features[0].device)
+        if scale is not None and scale[0]:  # terminated (HASTE): an exact, connected zero; no alignment work
+            zero = connected_zero(features, self.parameters())
+            out = VRPOOutput(loss=zero.mean(), per_sample=zero, metrics={"stop_scale": scale[1]})
+        else:
+            mus = self.project(features)
+            with torch.autocast(device_type=mus[0].device.type, enabled=False):
+                mus = [m.float() for m in mus]
+                if cfg.target_norm == "zscore":  # iREPA: before everything else
+                    targets = [zscore_tokens(y.detach().float(), cfg.zscore_alpha) for y in targets]
+                ys = [F.normalize(y.detach().float(), dim=-1) for y in targets]
+                if cfg.mode == "repa":
+                    per_sample = repa_projection_loss(mus, ys, reduction="none")
+                    metrics = {"loss_anchor": per_sample.mean().detach(), "cos": -per_sample.mean().detach()}
+                    out = VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics=metrics)
+                else:
+                    out = self._vrpo(mus, ys, t, denoise_loss, x0_pred, x0, None if check is None else check.ok)
+                per_sample, extra = peer_terms(out.per_sample, mus, ys, t, cfg, None if scale is None else scale[1])
+                out = VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics={**out.metrics, **extra})
         if check is not None:
             check.finish()  # raises on a bad input; the statistics were not updated (masked by check.ok)
-        if self.training and cfg.mode != "repa":
+        if self.training:
             self._advance()
         return out
+
+    @torch.compiler.disable
+    def _stop_scale(self, device):
+        # Eager under torch.compile: the ramp reaches the traced code as a tensor (no guard on the
+        # step); only the switch to the terminated branch recompiles, once.
+        f = stop_factor(self.step, self.config.stop_step, self.config.stop_ramp)
+        return f == 0.0, torch.full((), f, device=device)
 
     @torch.compiler.disable
     def _advance(self) -> None:
         # Runs eagerly under torch.compile: a traced ``self.step += 1`` would guard on the step's value
         # and recompile every call. The traced code reads ``self.step`` only where a result depends
-        # on it (the Gaussian noise seed, a diagnostics or perceptual period above 1).
+        # on it (the Gaussian noise seed, a diagnostics or perceptual period above 1; ``stop_step``
+        # reads it eagerly in ``_stop_scale``). It counts training calls in both modes.
         self.step += 1
 
     def _sample_weight(self, ctx: RewardContext, metrics: Dict[str, torch.Tensor], batch: int, device, commit) -> torch.Tensor:
