@@ -396,3 +396,17 @@ def test_zscore_needs_two_tokens():
 def test_token_grid_is_normalised_to_a_tuple():
     align = VRPOAlignment(hidden_dim=4, target_dims=(C,), projector_dim=7, projector="conv", token_grid=[2, 3])
     assert align.config.token_grid == (2, 3)
+
+
+# ----------------------------------------------------------------------------- the pure functions themselves
+def test_pure_functions_match_the_references():
+    # Through the module, the cosines hide a uniform rescale of the targets (biased vs unbiased std)
+    # and their norm; the functions of vrpo_loss.peers are pinned directly as well.
+    from vrpo_loss.peers import stop_factor, structure_loss, zscore_tokens
+
+    _, y, _ = data()
+    mu = torch.randn(B, N, C)
+    close(zscore_tokens(y, 0.6), zscore_ref(y, 0.6))
+    close(structure_loss(mu, 3.0 * y), structure_ref(mu, y))
+    assert [stop_factor(s, 4, 3) for s in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    assert stop_factor(10**9, None, 0) == 1.0
