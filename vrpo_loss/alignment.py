@@ -98,8 +98,7 @@ class VRPOAlignment(nn.Module):
         self.config = cfg
 
         self.projectors = (
-            nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim, kind=cfg.projector, kernel=cfg.projector_kernel,
-                                          token_grid=cfg.token_grid) for c in cfg.target_dims)
+            nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim, kind=cfg.projector, kernel=cfg.projector_kernel, token_grid=cfg.token_grid) for c in cfg.target_dims)
             if cfg.hidden_dim is not None
             else None
         )
