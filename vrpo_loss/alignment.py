@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .config import VRPOConfig
 from .functional import repa_projection_loss, resample_grid, token_cosine
+from .peers import connected_zero, peer_terms, stop_factor, zscore_tokens
 from .policies import policy_from_config
 from .projector import build_projector
 from .rewards import RewardContext, RewardHead, heads_from_config
@@ -83,7 +84,10 @@ class VRPOAlignment(nn.Module):
         t: (B,) in [0, 1], 0 = clean data, 1 = noise (optional).
         denoise_loss: (B,) per-sample denoising loss (optional, detached inside).
         x0_pred, x0: predicted and true clean inputs (B, ...) (optional; perceptual/decodability).
-        Output: :class:`VRPOOutput` with ``loss`` scalar and ``per_sample`` (B,).
+        Output: :class:`VRPOOutput` with ``loss`` scalar and ``per_sample`` (B,), ``loss == per_sample.mean()``;
+        with ``time_weight="sigmoid"``, ``per_sample[b] = B * w_b / sum(w) * loss_b`` (its mean is the weighted mean).
+
+    Peer options (iREPA, VA-REPA, HASTE, SARA-style; :mod:`vrpo_loss.peers`) compose with both modes.
     """
 
     def __init__(
@@ -98,7 +102,9 @@ class VRPOAlignment(nn.Module):
         super().__init__()
         cfg = self.config = _resolve_config(config, kwargs)
         self.projectors = (
-            nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim) for c in cfg.target_dims)
+            nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim, kind=cfg.projector,
+                                          kernel=cfg.projector_kernel, token_grid=cfg.token_grid)
+                          for c in cfg.target_dims)
             if cfg.hidden_dim is not None
             else None
         )
@@ -132,10 +138,30 @@ class VRPOAlignment(nn.Module):
         check_inputs(features, targets, hidden_dim=cfg.hidden_dim, target_dims=cfg.target_dims,
                      resample_tokens=cfg.resample_tokens)
         t, denoise_loss = check_optional(features[0].shape[0], t, denoise_loss, x0_pred, x0)
+        if cfg.time_weight != "uniform" and t is None:
+            raise ValueError(f"time_weight: {cfg.time_weight!r} weights each sample by its time and needs t, got t=None; "
+                             "pass t (0 = clean data, 1 = noise)")
         check = self._start_value_check(features, targets, t, denoise_loss) if cfg.validate else None
         targets = [y if y.shape[1] == h.shape[1] else resample_grid(y, h.shape[1], f"targets[{i}]")
                    for i, (h, y) in enumerate(zip(features, targets))]
+        scale = None if cfg.stop_step is None else self._stop_scale(features[0].device)
+        if scale is not None and scale[0]:  # terminated (HASTE): an exact, connected zero; no alignment work
+            zero = connected_zero(features, self.parameters())
+            out = VRPOOutput(loss=zero.mean(), per_sample=zero, metrics={"stop_scale": scale[1]})
+        else:
+            ctx = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0)
+            out = self._align(features, targets, ctx, None if check is None else check.ok,
+                              None if scale is None else scale[1])
+        if check is not None:
+            check.finish()  # raises on a bad input; the statistics were not updated (masked by check.ok)
+        if self.training:
+            self._advance()
+        return out
 
+    def _align(self, features, targets, ctx: RewardContext, commit: Optional[torch.Tensor],
+               scale: Optional[torch.Tensor]) -> VRPOOutput:
+        """Project, prepare the targets, the mode's loss, then the peer terms (structure, time weight, ramp)."""
+        cfg = self.config
         mus = self.project(features)
         with torch.autocast(device_type=mus[0].device.type, enabled=False):
             mus = [m.float() for m in mus]
@@ -143,15 +169,12 @@ class VRPOAlignment(nn.Module):
             if cfg.mode == "repa":
                 per_sample = repa_projection_loss(mus, ys, reduction="none")
                 metrics = {"loss_anchor": per_sample.mean().detach(), "cos": -per_sample.mean().detach()}
-                out = VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics=metrics)
             else:
-                ctx = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0, step=self._step_if_read())
-                out = self._vrpo(mus, ys, ctx, None if check is None else check.ok)
-        if check is not None:
-            check.finish()  # raises on a bad input; the statistics were not updated (masked by check.ok)
-        if self.training and cfg.mode != "repa":
-            self._advance()
-        return out
+                ctx = dataclasses.replace(ctx, step=self._step_if_read())
+                out = self._vrpo(mus, ys, ctx, commit)
+                per_sample, metrics = out.per_sample, out.metrics
+            per_sample, extra = peer_terms(per_sample, mus, ys, ctx.t, cfg, scale)
+        return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics={**metrics, **extra})
 
     @staticmethod
     def _start_value_check(features, targets, t, denoise_loss):
@@ -163,10 +186,13 @@ class VRPOAlignment(nn.Module):
             named.append(("denoise_loss", denoise_loss, "finite"))
         return start_value_check(named)  # read at the end, once this call's work is queued
 
-    @staticmethod
-    def _prepare_targets(targets: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """The targets as the objective sees them: detached, fp32, unit-normalised per token."""
-        return [F.normalize(y.detach().float(), dim=-1) for y in targets]
+    def _prepare_targets(self, targets: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The targets as the objective sees them: detached, fp32, z-scored over the tokens with
+        ``target_norm="zscore"`` (iREPA, before everything else), unit-normalised per token."""
+        ys = [y.detach().float() for y in targets]
+        if self.config.target_norm == "zscore":
+            ys = [zscore_tokens(y, self.config.zscore_alpha) for y in ys]
+        return [F.normalize(y, dim=-1) for y in ys]
 
     def _step_if_read(self) -> Optional[int]:
         # The step is read only where a result depends on it (a head or a policy that declares
@@ -177,9 +203,16 @@ class VRPOAlignment(nn.Module):
         return None
 
     @torch.compiler.disable
+    def _stop_scale(self, device):
+        # Eager under torch.compile: the ramp reaches the traced code as a tensor (no guard on the
+        # step); only the switch to the terminated branch recompiles, once.
+        f = stop_factor(self.step, self.config.stop_step, self.config.stop_ramp)
+        return f == 0.0, torch.full((), f, device=device)
+
+    @torch.compiler.disable
     def _advance(self) -> None:
         # Runs eagerly under torch.compile: a traced ``self.step += 1`` would guard on the step's value
-        # and recompile every call.
+        # and recompile every call. It counts training calls in both modes (``stop_step`` reads it).
         self.step += 1
 
     def _diagnostics_now(self) -> bool:

@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
+from .peers import check_peer_options
+
 __all__ = ["VRPOConfig"]
 
 _CHOICES = {
@@ -76,6 +78,18 @@ class VRPOConfig:
     decodability_patch: int = _opt(2, "Decodability head: patch size of the clean latent x0 per token (the token grid is x0's grid / patch).")
     decodability_channels: int = _opt(4, "Decodability head: channels of the clean latent x0 (SD-VAE latents: 4).")
     decodability_hidden: int = _opt(256, "Decodability head: hidden width of its MLP.")
+    # --- peer methods (docs/algorithm.md, "Peer options"): each composes with mode='repa' and mode='vrpo'
+    target_norm: str = _opt("none", "iREPA: 'zscore' replaces the targets, per sample and channel over the tokens, by (y - zscore_alpha * mean) / (std + 1e-6) (unbiased std), before everything else; 'none' leaves them.")
+    zscore_alpha: float = _opt(0.6, "iREPA: share a of the token mean that target_norm='zscore' removes, in [0, 1].")
+    projector: str = _opt("mlp", "Projector of the module (only with hidden_dim set): 'mlp' is REPA's MLP; 'conv' (iREPA) has the same widths with convolutions of kernel projector_kernel over the token grid.")
+    projector_kernel: int = _opt(3, "projector='conv': kernel size, odd (the padding keeps the token grid).")
+    token_grid: Optional[Tuple[int, int]] = _opt(None, "projector='conv': (H, W) of the row-major token grid; None: a square grid of sqrt(N) x sqrt(N) (else an error).")
+    time_weight: str = _opt("uniform", "VA-REPA: 'sigmoid' weights each sample's loss by w_b = sigmoid(k * (c - t_b)) (t = 1 noise), the loss becoming sum_b w_b loss_b / sum_b w_b (needs t); 'uniform': no time weight.")
+    time_weight_center: float = _opt(0.7, "time_weight='sigmoid': c, the t at which the weight is 1/2, in [0, 1].")
+    time_weight_sharpness: float = _opt(20.0, "time_weight='sigmoid': k > 0; larger is closer to a hard gate at t = c.")
+    stop_step: Optional[int] = _opt(None, "HASTE: from this training call on (the module's step counter, in both modes) the loss is an exact zero (graph kept, zero gradients) and no alignment work is done; None: never.")
+    stop_ramp: int = _opt(0, "With stop_step: the loss is scaled by clamp((stop_step - step) / (stop_ramp + 1), 0, 1), a linear ramp to zero over this many calls before stop_step; 0: a hard stop.")
+    structure_coeff: float = _opt(0.0, "SARA-style structure term, added with this weight: per sample, the mean over (i, j) of (cos(mu_i, mu_j) - cos(y_i, y_j))^2; 0 turns it off.")
     # --- input handling and diagnostics
     resample_tokens: bool = _opt(False, "If the encoder's token grid differs from the features' grid, resample the targets bilinearly instead of raising.")
     validate: bool = _opt(True, "Check values (NaN/Inf, t in [0, 1]) with one host-device read per call, at its end (on a GPU it waits only for the flags); False removes it. Shape and dtype checks always run.")
@@ -124,6 +138,7 @@ class VRPOConfig:
         for name in ("policy_coeff", "anchor_coeff", "semantic_weight", "fidelity_weight", "perceptual_weight", "decodability_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected a value >= 0, got {getattr(self, name)}")
+        check_peer_options(self)
 
     @classmethod
     def help(cls) -> str:
