@@ -19,12 +19,23 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ["TimeBinnedNormalizer", "all_reduce_sum", "world_rank"]
+__all__ = ["TimeBinnedNormalizer", "all_reduce_sum", "moments", "world_rank"]
 
 
 def world_rank() -> int:
     """This process's rank, 0 when ``torch.distributed`` is not initialised."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def moments(sums: torch.Tensor):
+    """Count, mean and (population) variance from stacked sums ``(count, sum, sum of squares)``.
+
+    Shape: sums (3, ...). Output: three (...).
+    """
+    cnt = sums[0]
+    mean = sums[1] / cnt.clamp_min(1)
+    var = (sums[2] / cnt.clamp_min(1) - mean.pow(2)).clamp_min(0)
+    return cnt, mean, var
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
@@ -77,11 +88,24 @@ class TimeBinnedNormalizer(nn.Module):
         sums[0].index_add_(1, bins, v)
         sums[1].index_add_(1, bins, r)
         sums[2].index_add_(1, bins, r * r)
-        all_reduce_sum(sums)
-        cnt = sums[0]
-        mean = sums[1] / cnt.clamp_min(1)
-        var = (sums[2] / cnt.clamp_min(1) - mean.pow(2)).clamp_min(0)
-        return cnt, mean, var
+        return moments(all_reduce_sum(sums))
+
+    def update(self, cnt: torch.Tensor, b_mean: torch.Tensor, b_var: torch.Tensor, commit: Optional[torch.Tensor] = None) -> None:
+        """Take a batch's per-bin moments into the running statistics (EMA; a bin's first batch sets it).
+
+        Shape: cnt, b_mean, b_var (H, K); commit: 0-dim bool on the device or None (False: no update).
+        """
+        present = cnt > 0
+        if commit is not None:
+            present = present & commit
+            cnt = torch.where(commit, cnt, torch.zeros_like(cnt))
+        beta = torch.where(self.count > 0, torch.full_like(cnt, self.momentum), torch.ones_like(cnt))
+        delta = b_mean - self.mean
+        new_mean = self.mean + beta * delta
+        new_var = (1 - beta) * (self.var + beta * delta.pow(2)) + beta * b_var
+        self.mean.copy_(torch.where(present, new_mean, self.mean))
+        self.var.copy_(torch.where(present, new_var, self.var))
+        self.count.add_(cnt)
 
     def forward(self, rewards: torch.Tensor, mask: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None,
                 commit: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -103,17 +127,7 @@ class TimeBinnedNormalizer(nn.Module):
             bins = self.bins(t)
             cnt, b_mean, b_var = self.batch_moments(rewards, valid, bins, self.time_bins)
             if self.training:
-                present = cnt > 0
-                if commit is not None:
-                    present = present & commit
-                    cnt = torch.where(commit, cnt, torch.zeros_like(cnt))
-                beta = torch.where(self.count > 0, torch.full_like(cnt, self.momentum), torch.ones_like(cnt))
-                delta = b_mean - self.mean
-                new_mean = self.mean + beta * delta
-                new_var = (1 - beta) * (self.var + beta * delta.pow(2)) + beta * b_var
-                self.mean.copy_(torch.where(present, new_mean, self.mean))
-                self.var.copy_(torch.where(present, new_var, self.var))
-                self.count.add_(cnt)
+                self.update(cnt, b_mean, b_var, commit)
             seen = self.count > 0
             mean = torch.where(seen, self.mean, b_mean)
             var = torch.where(seen, self.var, b_var)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adaptive import AdaptiveStrength
 from .advantage import TimeBinnedNormalizer, world_rank
 from .config import VRPOConfig
 from .functional import bounded_sample_weight, repa_projection_loss, token_cosine
@@ -134,6 +135,7 @@ class VRPOAlignment(nn.Module):
             )
         else:
             self.policy = CorrespondencePolicy(tau=cfg.tau, adv_scale=cfg.adv_scale, adv_eps=cfg.adv_eps, adv_clip=cfg.adv_clip, clip_eps=cfg.clip_eps)
+        self.adaptive = AdaptiveStrength.from_config(cfg)  # per-timestep-bin strength, or None
         self.step = 0  # training calls so far; saved through get_extra_state
         self.seed = int(torch.randint(0, 1 << 62, (1,)).item())  # CPU generator: no device sync
 
@@ -171,18 +173,24 @@ class VRPOAlignment(nn.Module):
             if denoise_loss is not None:
                 named.append(("denoise_loss", denoise_loss, "finite"))
             check = start_value_check(named)  # read at the end, once this call's work is queued
+        commit = None if check is None else check.ok
+        if self.adaptive is not None:
+            features = self.adaptive.attach(features, t)  # the agreement probe (an identity view of h)
 
         mus = self.project(features)
         device_type = mus[0].device.type
         with torch.autocast(device_type=device_type, enabled=False):
             mus = [m.float() for m in mus]
             ys = [F.normalize(y.detach().float(), dim=-1) for y in targets]
+            strength, extra = (None, {}) if self.adaptive is None else self.adaptive(mus, ys, t, commit)
             if cfg.mode == "repa":
                 per_sample = repa_projection_loss(mus, ys, reduction="none")
                 metrics = {"loss_anchor": per_sample.mean().detach(), "cos": -per_sample.mean().detach()}
+                per_sample = per_sample if strength is None else per_sample * strength
                 out = VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics=metrics)
             else:
-                out = self._vrpo(mus, ys, t, denoise_loss, x0_pred, x0, None if check is None else check.ok)
+                out = self._vrpo(mus, ys, t, denoise_loss, x0_pred, x0, commit, strength)
+            out.metrics.update(extra)
         if check is not None:
             check.finish()  # raises on a bad input; the statistics were not updated (masked by check.ok)
         if self.training and cfg.mode != "repa":
@@ -225,7 +233,7 @@ class VRPOAlignment(nn.Module):
         metrics["weight/min"], metrics["weight/max"] = w.min(), w.max()
         return w
 
-    def _vrpo(self, mus, ys, t, denoise_loss, x0_pred, x0, commit: Optional[torch.Tensor]) -> VRPOOutput:
+    def _vrpo(self, mus, ys, t, denoise_loss, x0_pred, x0, commit: Optional[torch.Tensor], strength=None) -> VRPOOutput:
         cfg = self.config
         batch, device = mus[0].shape[0], mus[0].device
         uses_step = any(h.uses_step for h in list(self.token_heads) + list(self.sample_heads))
@@ -233,6 +241,7 @@ class VRPOAlignment(nn.Module):
         base = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0, step=step)
         metrics: Dict[str, torch.Tensor] = {}
         w = self._sample_weight(base, metrics, batch, device, commit).detach()
+        w = w if strength is None else w * strength  # the adaptive per-bin strength scales policy and anchor terms
 
         stochastic = isinstance(self.policy, GaussianPolicy)
         if stochastic:
