@@ -213,13 +213,12 @@ class AdaptiveStrength(nn.Module):
         """Per-sample strengths (detached); in training mode the statistics first take in this call's
         semantic reward and the previous backward's agreement (one all-reduce), unless ``commit`` is False.
         """
+        pending = self._take_pending(t.device) if self.training and self.signal == "agreement" else None
         bins = self.stats.bins(t)
         if self.training:
             with torch.no_grad():
                 cos = torch.stack([token_cosine(m.detach().float(), y).mean(-1) for m, y in zip(mus, ys)]).mean(0)
-                sums = [bin_sums(cos, torch.isfinite(cos), bins, self.stats.time_bins)]
-                if self.signal == "agreement":
-                    sums.append(self._take_pending(cos.device))
+                sums = [bin_sums(cos, torch.isfinite(cos), bins, self.stats.time_bins)] + ([] if pending is None else [pending])
                 self.stats.update(*moments(all_reduce_sum(torch.stack(sums, dim=1))), commit)
                 if self.terminate:
                     self._decay_gate(commit)
