@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adaptive import AdaptiveStrength
 from .config import VRPOConfig
 from .functional import repa_projection_loss, resample_grid, token_cosine
 from .peers import connected_zero, peer_terms, stop_factor, zscore_tokens
@@ -67,6 +68,14 @@ def _resolve_config(config: Optional[VRPOConfig], kwargs: dict) -> VRPOConfig:
     return dataclasses.replace(config, **kwargs) if config is not None else VRPOConfig(**kwargs)
 
 
+def _projectors_from_config(cfg: VRPOConfig) -> Optional[nn.ModuleList]:
+    if cfg.hidden_dim is None:
+        return None
+    return nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim, kind=cfg.projector,
+                                         kernel=cfg.projector_kernel, token_grid=cfg.token_grid)
+                         for c in cfg.target_dims)
+
+
 class VRPOAlignment(nn.Module):
     """Reward-guided representation alignment (VRPO), or REPA's loss with ``mode="repa"``.
 
@@ -101,18 +110,13 @@ class VRPOAlignment(nn.Module):
     ):
         super().__init__()
         cfg = self.config = _resolve_config(config, kwargs)
-        self.projectors = (
-            nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim, kind=cfg.projector,
-                                          kernel=cfg.projector_kernel, token_grid=cfg.token_grid)
-                          for c in cfg.target_dims)
-            if cfg.hidden_dim is not None
-            else None
-        )
+        self.projectors = _projectors_from_config(cfg)
         token_heads, sample_heads = heads_from_config(cfg, heads, decode=decode, perceptual_net=perceptual_net)
         self.token_heads = nn.ModuleList(token_heads)
         self.sample_heads = nn.ModuleList(sample_heads)
         self.normalizer = TimeBinnedNormalizer.from_config(cfg, heads=max(1, len(sample_heads)))
         self.policy = policy_from_config(cfg)
+        self.adaptive = AdaptiveStrength.from_config(cfg)  # per-timestep-bin strength, or None
         self.step = 0  # training calls so far; saved through get_extra_state
 
     # ----- the step counter is not a tensor: it travels in state_dict as extra state
@@ -160,21 +164,26 @@ class VRPOAlignment(nn.Module):
 
     def _align(self, features, targets, ctx: RewardContext, commit: Optional[torch.Tensor],
                scale: Optional[torch.Tensor]) -> VRPOOutput:
-        """Project, prepare the targets, the mode's loss, then the peer terms (structure, time weight, ramp)."""
+        """Project, prepare the targets, the adaptive strength, the mode's loss, then the peer terms
+        (structure, time weight, ramp)."""
         cfg = self.config
+        if self.adaptive is not None:
+            features = self.adaptive.attach(features, ctx.t)  # the agreement probe (an identity view of h)
         mus = self.project(features)
         with torch.autocast(device_type=mus[0].device.type, enabled=False):
             mus = [m.float() for m in mus]
             ys = self._prepare_targets(targets)
+            strength, adaptive = (None, {}) if self.adaptive is None else self.adaptive(mus, ys, ctx.t, commit)
             if cfg.mode == "repa":
                 per_sample = repa_projection_loss(mus, ys, reduction="none")
                 metrics = {"loss_anchor": per_sample.mean().detach(), "cos": -per_sample.mean().detach()}
+                per_sample = per_sample if strength is None else per_sample * strength
             else:
                 ctx = dataclasses.replace(ctx, step=self._step_if_read())
-                out = self._vrpo(mus, ys, ctx, commit)
+                out = self._vrpo(mus, ys, ctx, commit, strength)
                 per_sample, metrics = out.per_sample, out.metrics
             per_sample, extra = peer_terms(per_sample, mus, ys, ctx.t, cfg, scale)
-        return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics={**metrics, **extra})
+        return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics={**metrics, **adaptive, **extra})
 
     @staticmethod
     def _start_value_check(features, targets, t, denoise_loss):
@@ -219,11 +228,13 @@ class VRPOAlignment(nn.Module):
         every = self.config.diagnostics_every
         return every == 1 or (every > 1 and self.step % every == 0)
 
-    def _vrpo(self, mus, ys, base: RewardContext, commit: Optional[torch.Tensor]) -> VRPOOutput:
+    def _vrpo(self, mus, ys, base: RewardContext, commit: Optional[torch.Tensor],
+              strength: Optional[torch.Tensor] = None) -> VRPOOutput:
         cfg = self.config
         metrics: Metrics = {}
         w = sample_weight(list(self.sample_heads), self.normalizer, base, batch=mus[0].shape[0], device=mus[0].device,
                           strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max, commit=commit, metrics=metrics)
+        w = w if strength is None else w * strength  # the adaptive per-bin strength scales policy and anchor terms
         run_policy = cfg.policy_coeff > 0  # False: no policy work at all
         diagnostics = run_policy and self._diagnostics_now()
         anchor, policy, aux, per_encoder = [], [], [], []

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
+from .adaptive_config import check_adaptive
 from .peers import check_peer_options
 
 __all__ = ["VRPOConfig"]
@@ -94,6 +95,13 @@ class VRPOConfig:
     resample_tokens: bool = _opt(False, "If the encoder's token grid differs from the features' grid, resample the targets bilinearly instead of raising.")
     validate: bool = _opt(True, "Check values (NaN/Inf, t in [0, 1]) with one host-device read per call, at its end (on a GPU it waits only for the flags); False removes it. Shape and dtype checks always run.")
     diagnostics_every: int = _opt(1, "Compute the signal-fraction diagnostic (cosine of the policy term's gradient with REPA's) every this many steps; 0 never.")
+    # --- adaptive strength (vrpo_loss/adaptive.py; docs/algorithm.md, "Adaptive strength")
+    adaptive: str = _opt("none", "Per-timestep-bin alignment strength set by a reward: 'agreement' (cosine of the alignment and denoising gradients on h, read one step late; needs hidden_dim), 'achievability' (running cos(mu, y) per bin); 'none' keeps one strength.")
+    adaptive_gain: float = _opt(1.0, "Adaptive strength: s_k = clamp(1 + gain * z_k, adaptive_min, adaptive_max), z_k bin k's running signal against the mean over bins in pooled within-bin stds, then divided by its mean.")
+    adaptive_min: float = _opt(0.1, "Adaptive strength: lower bound of the per-bin strength (mean about 1).")
+    adaptive_max: float = _opt(2.0, "Adaptive strength: upper bound of the per-bin strength (mean about 1).")
+    adaptive_momentum: float = _opt(0.05, "Adaptive strength: EMA momentum of its per-bin statistics; also the gate's decay per call with adaptive_terminate.")
+    adaptive_terminate: bool = _opt(False, "Adaptive strength: a gate in [0, 1] on every strength that decays while the running agreement is negative or the running cos(mu, y) is not above its best (an adaptive HASTE); it never grows back.")
 
     def __post_init__(self) -> None:
         if isinstance(self.target_dims, int):
@@ -139,6 +147,7 @@ class VRPOConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected a value >= 0, got {getattr(self, name)}")
         check_peer_options(self)
+        check_adaptive(self)
 
     @classmethod
     def help(cls) -> str:

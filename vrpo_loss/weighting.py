@@ -24,9 +24,20 @@ from .config import VRPOConfig
 from .distributed import all_reduce_sum
 from .rewards import RewardContext, RewardHead
 
-__all__ = ["TimeBinnedNormalizer", "bounded_sample_weight", "sample_rewards", "sample_weight"]
+__all__ = ["TimeBinnedNormalizer", "bounded_sample_weight", "moments", "sample_rewards", "sample_weight"]
 
 _D = VRPOConfig.default
+
+
+def moments(sums: torch.Tensor):
+    """Count, mean and (population) variance from stacked sums ``(count, sum, sum of squares)``.
+
+    Shape: sums (3, ...). Output: three (...).
+    """
+    cnt = sums[0]
+    mean = sums[1] / cnt.clamp_min(1)
+    var = (sums[2] / cnt.clamp_min(1) - mean.pow(2)).clamp_min(0)
+    return cnt, mean, var
 
 
 class TimeBinnedNormalizer(nn.Module):
@@ -78,11 +89,24 @@ class TimeBinnedNormalizer(nn.Module):
         sums[0].index_add_(1, bins, v)
         sums[1].index_add_(1, bins, r)
         sums[2].index_add_(1, bins, r * r)
-        all_reduce_sum(sums)
-        cnt = sums[0]
-        mean = sums[1] / cnt.clamp_min(1)
-        var = (sums[2] / cnt.clamp_min(1) - mean.pow(2)).clamp_min(0)
-        return cnt, mean, var
+        return moments(all_reduce_sum(sums))
+
+    def update(self, cnt: torch.Tensor, b_mean: torch.Tensor, b_var: torch.Tensor, commit: Optional[torch.Tensor] = None) -> None:
+        """Take a batch's per-bin moments into the running statistics (EMA; a bin's first batch sets it).
+
+        Shape: cnt, b_mean, b_var (H, K); commit: 0-dim bool on the device or None (False: no update).
+        """
+        present = cnt > 0
+        if commit is not None:
+            present = present & commit
+            cnt = torch.where(commit, cnt, torch.zeros_like(cnt))
+        beta = torch.where(self.count > 0, torch.full_like(cnt, self.momentum), torch.ones_like(cnt))
+        delta = b_mean - self.mean
+        new_mean = self.mean + beta * delta
+        new_var = (1 - beta) * (self.var + beta * delta.pow(2)) + beta * b_var
+        self.mean.copy_(torch.where(present, new_mean, self.mean))
+        self.var.copy_(torch.where(present, new_var, self.var))
+        self.count.add_(cnt)
 
     def forward(self, rewards: torch.Tensor, mask: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None,
                 commit: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -104,17 +128,7 @@ class TimeBinnedNormalizer(nn.Module):
             bins = self.bins(t)
             cnt, b_mean, b_var = self.batch_moments(rewards, valid, bins, self.time_bins)
             if self.training:
-                present = cnt > 0
-                if commit is not None:
-                    present = present & commit
-                    cnt = torch.where(commit, cnt, torch.zeros_like(cnt))
-                beta = torch.where(self.count > 0, torch.full_like(cnt, self.momentum), torch.ones_like(cnt))
-                delta = b_mean - self.mean
-                new_mean = self.mean + beta * delta
-                new_var = (1 - beta) * (self.var + beta * delta.pow(2)) + beta * b_var
-                self.mean.copy_(torch.where(present, new_mean, self.mean))
-                self.var.copy_(torch.where(present, new_var, self.var))
-                self.count.add_(cnt)
+                self.update(cnt, b_mean, b_var, commit)
             seen = self.count > 0
             mean = torch.where(seen, self.mean, b_mean)
             var = torch.where(seen, self.var, b_var)
