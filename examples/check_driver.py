@@ -19,7 +19,8 @@ driver applies shims *at run time only* (users of the patches need none of them)
 - ``--arm all-heads``: diffusers' ``AutoencoderKL`` built from SD-VAE's config with random weights
   (the real decoder's architecture and latent scaling), ``lpips.LPIPS(pnet_rand=True)`` (the VGG
   backbone cannot be downloaded; LPIPS's own linear layers ship with the wheel);
-- the host's ``cleanup()`` (``destroy_process_group``) is skipped, so that the checks below can use
+- the host's ``cleanup()`` (SiT, DiT) or ``accelerator.end_training()`` (REPA), which destroy the
+  process group, are skipped, so that the checks below can use
   the process group after ``main()`` returns.
 
 What it checks, besides the run itself:
@@ -230,6 +231,7 @@ CPU_SHIMS = {
         ("log_with=args.report_to", "log_with=None"),
         ("global_step == 1 or", "False and"),  # skip the 50-step sampling of 64 images at step 1
         ('"model": model.module.state_dict()', '"model": accelerator.unwrap_model(model).state_dict()'),
+        ("accelerator.end_training()", "pass"),  # it destroys the process group, which the checks use
     ],
 }
 

@@ -63,7 +63,8 @@ done
 # Two processes on gloo, launched as each host expects: accelerate (REPA), torchrun (SiT, DiT).
 PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 if [ "$KIND" = repa ]; then
-    LAUNCH=("$PY" -m accelerate.commands.launch --multi_gpu --cpu --num_processes 2 --num_machines 1 --main_process_port "$PORT" --mixed_precision no --dynamo_backend no)
+    export ACCELERATE_USE_CPU=1  # REPA's Accelerator() then runs MULTI_CPU on gloo
+    LAUNCH=("$PY" -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 --main_process_port "$PORT" --mixed_precision no --dynamo_backend no)
 else
     LAUNCH=("$PY" -m torch.distributed.run --nproc_per_node 2 --master_port "$PORT")
 fi
