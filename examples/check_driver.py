@@ -350,8 +350,9 @@ def check_paths(kind: str) -> None:
         ti = torch.randint(0, d.num_timesteps, (6,), generator=g)
         got = d._predict_xstart_from_eps(d.q_sample(x, ti, noise=eps), ti, eps)
         errs.append(("eps (its own _predict_xstart_from_eps)", _rel(got, x)))
-    bad = [(n, e) for n, e in errs if not e < 1e-9]
-    _say(f"[check] {kind}: x0 formulas vs the host's own path functions (float64, max rel. error): "
+    tol = 1e-5 if kind == "dit" else 1e-9  # DiT's _extract_into_tensor casts its coefficients to fp32
+    bad = [(n, e) for n, e in errs if not e < tol]
+    _say(f"[check] {kind}: x0 formulas vs the host's own path functions (float64{', fp32 coefficients' if kind == 'dit' else ''}, max rel. error): "
          + ", ".join(f"{n} {e:.1e}" for n, e in errs))
     if bad:
         raise SystemExit(f"[check] FAIL: x0 formulas disagree with the host's path functions: {bad}")
