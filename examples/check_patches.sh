@@ -58,17 +58,19 @@ LOG="$WORK/summary"
 : > "$LOG"
 for ARM in repa vrpo all-heads; do
     "$PY" "$HERE/check_driver.py" "$KIND" "$WORK/repo" --arm "$ARM" --work "$WORK" 2>&1 | tee "$WORK/$ARM.log" | grep '^\[check\]'
-    echo "  $ARM: $(grep -c 'alignment loss' "$WORK/$ARM.log") steps, $(grep -q -- "--arm $ARM: OK" "$WORK/$ARM.log" && echo OK)" >> "$LOG"
+    echo "  $ARM: $(grep -c 'alignment loss [+-]' "$WORK/$ARM.log") steps, $(grep -q -- "--arm $ARM: OK" "$WORK/$ARM.log" && echo OK)" >> "$LOG"
 done
 # Two processes on gloo, launched as each host expects: accelerate (REPA), torchrun (SiT, DiT).
 PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 if [ "$KIND" = repa ]; then
     export ACCELERATE_USE_CPU=1  # REPA's Accelerator() then runs MULTI_CPU on gloo
+    HOW="accelerate launch --multi_gpu --num_processes 2"
     LAUNCH=("$PY" -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 --main_process_port "$PORT" --mixed_precision no --dynamo_backend no)
 else
+    HOW="torchrun --nproc_per_node 2"
     LAUNCH=("$PY" -m torch.distributed.run --nproc_per_node 2 --master_port "$PORT")
 fi
 "${LAUNCH[@]}" "$HERE/check_driver.py" "$KIND" "$WORK/repo" --arm ddp --work "$WORK" 2>&1 | tee "$WORK/ddp.log" | grep '^\[check\]'
-echo "  ddp (2 processes, ${LAUNCH[2]}): $(grep -c 'alignment loss' "$WORK/ddp.log") steps, $(grep -q -- '--arm ddp: OK' "$WORK/ddp.log" && echo OK)" >> "$LOG"
+echo "  ddp ($HOW, gloo): $(grep -c 'alignment loss [+-]' "$WORK/ddp.log") steps, $(grep -q -- '--arm ddp: OK' "$WORK/ddp.log" && echo OK)" >> "$LOG"
 echo "[check] $KIND: patch applies cleanly; arms run:"
 cat "$LOG"
