@@ -89,6 +89,8 @@ class FeatureTap:
         blocks: dotted attribute path of the block list.
         keep_inputs: also keep the positional and keyword arguments of the model's last forward,
             read with :meth:`input` (SiT's ``t`` is its second argument).
+        keep_output: also keep the model's output of its last forward, read with :meth:`output`
+            (DiT's ``training_losses`` does not return it).
 
     Example::
 
@@ -100,7 +102,8 @@ class FeatureTap:
         - :meth:`pop`: (B, N, D), the block's output (first element if the block returns a tuple).
     """
 
-    def __init__(self, model: nn.Module, *, depth: int, blocks: str = "blocks", keep_inputs: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, depth: int, blocks: str = "blocks", keep_inputs: bool = False,
+                 keep_output: bool = False) -> None:
         block_list = find_blocks(model, blocks)
         n = len(block_list)
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= n:
@@ -110,6 +113,8 @@ class FeatureTap:
             )
         self.depth = depth
         self.keep_inputs = bool(keep_inputs)
+        self.keep_output = bool(keep_output)
+        self._output: Any = None
         self._root = unwrap_model(model)
         self._block = block_list[depth - 1]
         self._armed = False
@@ -143,6 +148,8 @@ class FeatureTap:
 
     def _disarm(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._armed = False
+        if self.keep_output:
+            self._output = output
 
     # public ------------------------------------------------------------------------------
     @property
@@ -196,6 +203,14 @@ class FeatureTap:
             f"keywords {sorted(self._kwargs)}; expected positional {index} or keyword {name!r}"
         )
 
+    def output(self) -> Any:
+        """The model's output in its last forward (``keep_output=True``), as the model returned it."""
+        if not self.keep_output:
+            raise RuntimeError("FeatureTap.output: construct the tap with keep_output=True to keep the model's output")
+        if self._output is None:
+            raise RuntimeError("FeatureTap.output: the tapped model has not completed a forward since the tap was registered")
+        return self._output
+
     def remove(self) -> None:
         """Remove the hooks and drop any capture."""
         for h in self._handles:
@@ -203,6 +218,7 @@ class FeatureTap:
         self._handles = []
         self._features = None
         self._args, self._kwargs = (), {}
+        self._output = None
 
     def __enter__(self) -> "FeatureTap":
         return self
