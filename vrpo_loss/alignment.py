@@ -75,7 +75,8 @@ class VRPOAlignment(nn.Module):
             overridden by keywords when both are given).
         heads: extra user reward heads (:class:`~vrpo_loss.rewards.RewardHead`), token or sample level.
         decode: for the perceptual reward: maps clean predictions to images in [-1, 1] (VAE decoder).
-        perceptual_net: a ready LPIPS module for the perceptual reward (else built on first use).
+        perceptual_net: a ready LPIPS module for the perceptual reward (else built on first use); a string
+            is the config field of that name (the LPIPS backbone, ``"vgg"``, ``"alex"`` or ``"squeeze"``).
         **kwargs: fields of :class:`VRPOConfig`.
 
     Shape:
@@ -101,6 +102,8 @@ class VRPOAlignment(nn.Module):
         **kwargs,
     ):
         super().__init__()
+        if perceptual_net is not None and not isinstance(perceptual_net, nn.Module):
+            kwargs["perceptual_net"], perceptual_net = perceptual_net, None  # the config field of the same name
         cfg = self.config = _resolve_config(config, kwargs)
         self.projectors = (
             nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim, kind=cfg.projector,
