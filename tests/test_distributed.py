@@ -51,3 +51,52 @@ def test_running_statistics_agree_across_ranks_and_match_joined_batch():
     assert single.normalizer.count.sum() == 24
     joined = single.normalizer(-_data()[0][3].unsqueeze(0))
     torch.testing.assert_close(torch.cat([out["adv0"], out["adv1"]], 1), joined)
+
+
+# An empty rank (B = 0, e.g. the last uneven batch of an epoch) in a real DDP loop: it takes part
+# in the statistics' all-reduce and in DDP's gradient all-reduce, and every value stays finite.
+EMPTY_CONFIGS = {
+    "correspondence": KW,
+    "gaussian": {**KW, "policy": "gaussian", "group_size": 4, "learn_sigma": True},
+    "repa": {**KW, "mode": "repa"},
+    "peers": {**KW, "target_norm": "zscore", "time_weight": "sigmoid", "structure_coeff": 0.5, "stop_step": 2, "stop_ramp": 1},
+}
+
+
+def _empty_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    for name, kw in EMPTY_CONFIGS.items():
+        torch.manual_seed(0)
+        align = VRPOAlignment(**kw)
+        ddp = torch.nn.parallel.DistributedDataParallel(align)
+        grads = []
+        for step, (f, y, t, dl) in enumerate(_data()):
+            keep = slice(0, 4) if rank == 0 else slice(4, 4 if step == 1 else 8)  # rank 1 has no samples at step 1
+            loss = ddp(f[keep], y[keep], t=t[keep], denoise_loss=dl[keep]).loss
+            assert torch.isfinite(loss)
+            align.zero_grad()
+            loss.backward()
+            grads.append([p.grad.clone() for p in align.parameters()])
+        out[(name, rank)] = ({k: v.clone() for k, v in align.normalizer.state_dict().items()}, grads, align.step)
+    dist.destroy_process_group()
+
+
+def test_an_empty_rank_takes_part_in_every_collective():
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_empty_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    for name, kw in EMPTY_CONFIGS.items():
+        (s0, g0, step0), (s1, g1, step1) = out[(name, 0)], out[(name, 1)]
+        assert step0 == step1 == 3
+        single = VRPOAlignment(**kw)  # one process on the joined batches (rank 1 adding nothing at step 1)
+        for step, (f, y, t, dl) in enumerate(_data()):
+            keep = slice(0, 4 if step == 1 else 8)
+            single(f[keep], y[keep], t=t[keep], denoise_loss=dl[keep])
+        for k, v in single.normalizer.state_dict().items():
+            torch.testing.assert_close(s0[k], s1[k])
+            torch.testing.assert_close(s0[k], v)
+        for a, b in zip(g0, g1):  # DDP averaged the gradients, the empty rank's zeros included
+            for x, z in zip(a, b):
+                assert torch.isfinite(x).all()
+                torch.testing.assert_close(x, z)

@@ -30,12 +30,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .adaptive_config import ADAPTIVE_CHOICES, check_adaptive
+from .config_checks import ADAPTIVE_CHOICES
 from .distributed import all_reduce_sum
 from .functional import token_cosine
 from .weighting import TimeBinnedNormalizer, moments
 
-__all__ = ["ADAPTIVE_CHOICES", "AdaptiveStrength", "bin_strength", "bin_sums", "check_adaptive", "gradient_agreement"]
+__all__ = ["ADAPTIVE_CHOICES", "AdaptiveStrength", "bin_strength", "bin_sums", "gradient_agreement"]
 
 
 

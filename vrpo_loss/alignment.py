@@ -20,7 +20,6 @@ Example (REPA's ``loss.py``)::
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -30,32 +29,17 @@ import torch.nn.functional as F
 from .adaptive import AdaptiveStrength
 from .config import VRPOConfig
 from .functional import repa_projection_loss, resample_grid, token_cosine
+from .output import VRPOOutput
 from .peers import connected_zero, peer_terms, stop_factor, zscore_tokens
 from .policies import policy_from_config
 from .projector import build_projector
 from .rewards import RewardContext, RewardHead, heads_from_config
-from .validation import as_list, check_inputs, check_optional, start_value_check
+from .validation import as_list, check_input_values, check_inputs, check_optional
 from .weighting import TimeBinnedNormalizer, sample_weight
 
 __all__ = ["VRPOAlignment", "VRPOOutput"]
 
 Metrics = Dict[str, torch.Tensor]
-
-
-@dataclass
-class VRPOOutput:
-    """What :class:`VRPOAlignment` returns.
-
-    Attributes:
-        loss: scalar, what replaces REPA's ``proj_loss`` (equals ``per_sample.mean()``).
-        per_sample: (B,), for hosts that reduce per sample (SiT/DiT ``terms["loss"]``).
-        metrics: detached scalars for logging (``loss_policy``, ``loss_anchor``, ``rewards/<head>/mean``,
-            ``adv/std``, ``frac_zero_std``, ``kl``, ``signal_frac``, ``weight/*`` ...).
-    """
-
-    loss: torch.Tensor
-    per_sample: torch.Tensor
-    metrics: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _resolve_config(config: Optional[VRPOConfig], kwargs: dict) -> VRPOConfig:
@@ -84,7 +68,8 @@ class VRPOAlignment(nn.Module):
             overridden by keywords when both are given).
         heads: extra user reward heads (:class:`~vrpo_loss.rewards.RewardHead`), token or sample level.
         decode: for the perceptual reward: maps clean predictions to images in [-1, 1] (VAE decoder).
-        perceptual_net: a ready LPIPS module for the perceptual reward (else built on first use).
+        perceptual_net: a ready LPIPS module for the perceptual reward (else built on first use); a string
+            is the config field of that name (the LPIPS backbone, ``"vgg"``, ``"alex"`` or ``"squeeze"``).
         **kwargs: fields of :class:`VRPOConfig`.
 
     Shape:
@@ -93,7 +78,8 @@ class VRPOAlignment(nn.Module):
         t: (B,) in [0, 1], 0 = clean data, 1 = noise (optional).
         denoise_loss: (B,) per-sample denoising loss (optional, detached inside).
         x0_pred, x0: predicted and true clean inputs (B, ...) (optional; perceptual/decodability).
-        Output: :class:`VRPOOutput` with ``loss`` scalar and ``per_sample`` (B,), ``loss == per_sample.mean()``;
+        Output: :class:`VRPOOutput` with ``loss`` scalar and ``per_sample`` (B,), ``loss == per_sample.mean()``
+        (B = 0: ``loss`` is an exact zero connected to the inputs and parameters, ``per_sample`` is empty);
         with ``time_weight="sigmoid"``, ``per_sample[b] = B * w_b / sum(w) * loss_b`` (its mean is the weighted mean).
 
     Peer options (iREPA, VA-REPA, HASTE, SARA-style; :mod:`vrpo_loss.peers`) compose with both modes.
@@ -109,11 +95,17 @@ class VRPOAlignment(nn.Module):
         **kwargs,
     ):
         super().__init__()
+        if perceptual_net is not None and not isinstance(perceptual_net, nn.Module):
+            kwargs["perceptual_net"], perceptual_net = perceptual_net, None  # the config field of the same name
         cfg = self.config = _resolve_config(config, kwargs)
         self.projectors = _projectors_from_config(cfg)
         token_heads, sample_heads = heads_from_config(cfg, heads, decode=decode, perceptual_net=perceptual_net)
         self.token_heads = nn.ModuleList(token_heads)
         self.sample_heads = nn.ModuleList(sample_heads)
+        if cfg.mode == "vrpo" and cfg.policy_coeff > 0 and not token_heads:
+            raise ValueError("policy_coeff: the policy term needs a token-level reward head (semantic_weight > 0, "
+                             f"decodability_weight > 0 or a token head in heads=), got none with policy_coeff={cfg.policy_coeff}; "
+                             "add one, or set policy_coeff=0")
         self.normalizer = TimeBinnedNormalizer.from_config(cfg, heads=max(1, len(sample_heads)))
         self.policy = policy_from_config(cfg)
         self.adaptive = AdaptiveStrength.from_config(cfg)  # per-timestep-bin strength, or None
@@ -134,7 +126,10 @@ class VRPOAlignment(nn.Module):
         """Projected tokens ``mu`` per encoder (the projector runs under the caller's autocast)."""
         if self.projectors is None:
             return list(features)
-        return [p(h) for p, h in zip(self.projectors, features)]
+        # Without autocast, features of another float dtype (fp16/bf16/fp64) are cast to the projector's.
+        dtype = next(self.projectors.parameters()).dtype
+        cast = not torch.is_autocast_enabled(features[0].device.type)
+        return [p(h.to(dtype) if cast else h) for p, h in zip(self.projectors, features)]
 
     def forward(self, features, targets, t=None, denoise_loss=None, x0_pred=None, x0=None) -> VRPOOutput:
         cfg = self.config
@@ -145,17 +140,18 @@ class VRPOAlignment(nn.Module):
         if cfg.time_weight != "uniform" and t is None:
             raise ValueError(f"time_weight: {cfg.time_weight!r} weights each sample by its time and needs t, got t=None; "
                              "pass t (0 = clean data, 1 = noise)")
-        check = self._start_value_check(features, targets, t, denoise_loss) if cfg.validate else None
+        check = check_input_values(features, targets, t, denoise_loss) if cfg.validate else None
         targets = [y if y.shape[1] == h.shape[1] else resample_grid(y, h.shape[1], f"targets[{i}]")
                    for i, (h, y) in enumerate(zip(features, targets))]
+        ctx = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0)
         scale = None if cfg.stop_step is None else self._stop_scale(features[0].device)
+        commit = None if check is None else check.ok
         if scale is not None and scale[0]:  # terminated (HASTE): an exact, connected zero; no alignment work
-            zero = connected_zero(features, self.parameters())
-            out = VRPOOutput(loss=zero.mean(), per_sample=zero, metrics={"stop_scale": scale[1]})
+            out = self._zero(features, {"stop_scale": scale[1]})
+        elif features[0].shape[0] == 0:
+            out = self._empty(features, ctx, commit)
         else:
-            ctx = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0)
-            out = self._align(features, targets, ctx, None if check is None else check.ok,
-                              None if scale is None else scale[1])
+            out = self._align(features, targets, ctx, commit, None if scale is None else scale[1])
         if check is not None:
             check.finish()  # raises on a bad input; the statistics were not updated (masked by check.ok)
         if self.training:
@@ -185,15 +181,31 @@ class VRPOAlignment(nn.Module):
             per_sample, extra = peer_terms(per_sample, mus, ys, ctx.t, cfg, scale)
         return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics={**metrics, **adaptive, **extra})
 
-    @staticmethod
-    def _start_value_check(features, targets, t, denoise_loss):
-        named = [(f"features[{i}]", h.detach(), "finite") for i, h in enumerate(features)]
-        named += [(f"targets[{i}]", y.detach(), "finite") for i, y in enumerate(targets)]
-        if t is not None:
-            named.append(("t", t.detach(), "unit"))
-        if denoise_loss is not None:
-            named.append(("denoise_loss", denoise_loss, "finite"))
-        return start_value_check(named)  # read at the end, once this call's work is queued
+    def _zero(self, features, metrics: Metrics) -> VRPOOutput:
+        """An exact zero loss connected to the inputs and every parameter (zero gradients, not None)."""
+        zero = connected_zero(features, self.parameters())
+        return VRPOOutput(loss=zero.sum(), per_sample=zero, metrics=metrics)
+
+    def _empty(self, features, ctx: RewardContext, commit: Optional[torch.Tensor]) -> VRPOOutput:
+        """An empty batch (B = 0; a DDP rank without samples): the connected zero of :meth:`_zero`.
+
+        In ``mode="vrpo"`` the sample-level stage still runs on the zero samples, so the rank enters
+        the statistics' all-reduce like every other rank (with zero counts): the collectives stay
+        matched, and the running statistics take in the other ranks' samples only (alone: unchanged).
+        """
+        cfg = self.config
+        if cfg.mode == "vrpo":
+            self._check_heads(features, ctx)
+            ctx = dataclasses.replace(ctx, step=self._step_if_read())
+            sample_weight(list(self.sample_heads), self.normalizer, ctx, batch=0, device=features[0].device,
+                          strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max, commit=commit, metrics={})
+        return self._zero(features, {})
+
+    def _check_heads(self, features, ctx: RewardContext) -> None:
+        # metadata checks of the heads' inputs, before the running statistics take the batch in
+        for head in [*self.token_heads, *self.sample_heads]:
+            for h in features:
+                head.check_inputs(ctx, h.shape[1])
 
     def _prepare_targets(self, targets: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """The targets as the objective sees them: detached, fp32, z-scored over the tokens with
@@ -232,6 +244,7 @@ class VRPOAlignment(nn.Module):
               strength: Optional[torch.Tensor] = None) -> VRPOOutput:
         cfg = self.config
         metrics: Metrics = {}
+        self._check_heads(mus, base)
         w = sample_weight(list(self.sample_heads), self.normalizer, base, batch=mus[0].shape[0], device=mus[0].device,
                           strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max, commit=commit, metrics=metrics)
         w = w if strength is None else w * strength  # the adaptive per-bin strength scales policy and anchor terms

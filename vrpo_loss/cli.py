@@ -20,7 +20,8 @@ import dataclasses
 import typing
 from typing import Any, Dict, List, Optional, Tuple
 
-from .config import _CHOICES, VRPOConfig
+from .config import VRPOConfig
+from .config_checks import FIELDS, Choice
 
 __all__ = ["FLAGS", "add_alignment_args", "config_from_args", "parse_field"]
 
@@ -105,7 +106,8 @@ def add_alignment_args(parser: argparse.ArgumentParser, *, title: str = "alignme
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             text = f"{f.metadata.get('help', '')} Package default: {default!r}.".replace("%", "%%")
-        choices = _CHOICES.get(name) if f is not None else None
+        kind = FIELDS.get(name)
+        choices = kind.values if isinstance(kind, Choice) else None
         group.add_argument(flag, dest=_dest(flag), type=_flag_type(flag, name), default=None, choices=choices,
                            metavar="|".join(choices) if choices else None, help=text)
     group.add_argument("--align-opt", dest="align_opt", action="append", default=None, metavar="KEY=VALUE",

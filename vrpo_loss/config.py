@@ -9,19 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
-from .adaptive_config import check_adaptive
-from .peers import check_peer_options
+from .config_checks import check_config
 
 __all__ = ["VRPOConfig"]
-
-_CHOICES = {
-    "mode": ("vrpo", "repa"),
-    "policy": ("gaussian", "correspondence"),
-    "space": ("sphere", "euclidean"),
-    "adv_scale": ("group", "batch", "none"),
-    "perceptual_net": ("vgg", "alex", "squeeze"),
-}
-
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict, set)):
@@ -33,7 +23,8 @@ def _opt(default: Any, help: str, **kw: Any) -> Any:
 class VRPOConfig:
     """Configuration of :class:`~vrpo_loss.VRPOAlignment`; ``VRPOConfig.help()`` lists every field.
 
-    Invalid values raise ``ValueError`` naming the field, the allowed values and what came.
+    Invalid values (wrong type included) raise ``ValueError`` naming the field, the allowed values and
+    what came; the table of kinds and ranges, and the rules between fields, are in ``config_checks.py``.
     """
 
     # --- what it computes
@@ -104,50 +95,7 @@ class VRPOConfig:
     adaptive_terminate: bool = _opt(False, "Adaptive strength: a gate in [0, 1] on every strength that decays while the running agreement is negative or the running cos(mu, y) is not above its best (an adaptive HASTE); it never grows back.")
 
     def __post_init__(self) -> None:
-        if isinstance(self.target_dims, int):
-            self.target_dims = (self.target_dims,)
-        self.target_dims = tuple(self.target_dims)
-        for name, allowed in _CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name}: expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
-        if not self.target_dims or not all(isinstance(c, int) and c > 0 for c in self.target_dims):
-            raise ValueError(f"target_dims: expected a non-empty tuple of positive ints (one per encoder), got {self.target_dims!r}")
-        if self.hidden_dim is not None and (not isinstance(self.hidden_dim, int) or self.hidden_dim <= 0):
-            raise ValueError(f"hidden_dim: expected a positive int or None (features already projected), got {self.hidden_dim!r}")
-        ints = {"projector_dim": 1, "time_bins": 1, "perceptual_every": 1, "perceptual_subset": 1,
-                "decodability_patch": 1, "decodability_channels": 1, "decodability_hidden": 1,
-                "max_action_elements": 1, "sigma_decay_steps": 0, "diagnostics_every": 0}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-        if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 1:
-            raise ValueError(f"group_size: expected a positive int, got {self.group_size!r}")
-        if self.policy == "gaussian" and self.group_size < 2:
-            raise ValueError(
-                f"group_size: expected an int >= 2, got {self.group_size!r}; the Gaussian policy normalises "
-                "rewards within a group of actions, and a group of one has no relative advantage"
-            )
-        if self.policy == "gaussian" and self.antithetic and self.group_size % 2:
-            raise ValueError(f"group_size: antithetic sampling needs an even group_size, got {self.group_size}; use {self.group_size + 1} or antithetic=False")
-        positive = ("tau", "sigma", "sigma_min", "sigma_max", "adv_eps", "adv_clip", "w_max")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: expected a value > 0, got {getattr(self, name)!r}")
-        if not self.sigma_min <= self.sigma <= self.sigma_max:
-            raise ValueError(f"sigma: expected a value in [sigma_min, sigma_max] = [{self.sigma_min}, {self.sigma_max}], got {self.sigma}")
-        if self.sigma_final is not None and not self.sigma_min <= self.sigma_final <= self.sigma_max:
-            raise ValueError(f"sigma_final: expected None or a value in [{self.sigma_min}, {self.sigma_max}], got {self.sigma_final}")
-        if not 0 < self.stats_momentum <= 1:
-            raise ValueError(f"stats_momentum: expected a value in (0, 1], got {self.stats_momentum}")
-        if not 0 <= self.w_min <= 1 <= self.w_max:
-            raise ValueError(f"w_min, w_max: expected 0 <= w_min <= 1 <= w_max so that the mean weight can be one, got {self.w_min}, {self.w_max}")
-        for name in ("policy_coeff", "anchor_coeff", "semantic_weight", "fidelity_weight", "perceptual_weight", "decodability_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: expected a value >= 0, got {getattr(self, name)}")
-        check_peer_options(self)
-        check_adaptive(self)
+        check_config(self)  # every field by kind and range, then the rules between fields (config_checks.py)
 
     @classmethod
     def help(cls) -> str:

@@ -15,7 +15,6 @@ each formula, its source and where this package's option differs from the author
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
@@ -30,7 +29,6 @@ __all__ = [
     "structure_loss",
     "peer_terms",
     "connected_zero",
-    "check_peer_options",
 ]
 
 ZSCORE_EPS = 1e-6  # iREPA's constant, added to the std
@@ -157,47 +155,3 @@ def connected_zero(features: Sequence[torch.Tensor], params: Iterable[torch.Tens
         if p.requires_grad:
             zero = zero + p.float().sum() * 0.0
     return zero
-
-
-def _real(value, name: str, low: float, high: float = math.inf, open_low: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or value > high or (open_low and value == low):
-        span = f"{'(' if open_low else '['}{low}, {high}{']' if high < math.inf else ')'}"
-        raise ValueError(f"{name}: expected a finite number in {span}, got {value!r}")
-
-
-def _int(value, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def check_peer_options(cfg) -> None:
-    """Validate the peer options of a :class:`~vrpo_loss.VRPOConfig` (called by its ``__post_init__``)."""
-    choices = {"target_norm": ("none", "zscore"), "projector": ("mlp", "conv"), "time_weight": ("uniform", "sigmoid")}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"{name}: expected one of {', '.join(repr(a) for a in allowed)}, got {getattr(cfg, name)!r}")
-    if cfg.projector == "conv" and cfg.hidden_dim is None:
-        raise ValueError(
-            "projector: 'conv' builds the module's own projector and needs hidden_dim (the features' width), got "
-            "hidden_dim=None (features already projected by the host); give hidden_dim or use projector='mlp'"
-        )
-    _real(cfg.zscore_alpha, "zscore_alpha", 0.0, 1.0)
-    _real(cfg.time_weight_center, "time_weight_center", 0.0, 1.0)
-    _real(cfg.time_weight_sharpness, "time_weight_sharpness", 0.0, open_low=True)
-    _real(cfg.structure_coeff, "structure_coeff", 0.0)
-    if not _int(cfg.projector_kernel, 1) or cfg.projector_kernel % 2 == 0:
-        raise ValueError(f"projector_kernel: expected an odd int >= 1 (padding keeps the token grid), got {cfg.projector_kernel!r}")
-    if cfg.token_grid is not None:
-        grid = cfg.token_grid
-        if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(_int(g, 1) for g in grid)):
-            raise ValueError(f"token_grid: expected None or two positive ints (H, W), got {grid!r}")
-        cfg.token_grid = tuple(grid)
-    if cfg.stop_step is not None and not _int(cfg.stop_step, 0):
-        raise ValueError(f"stop_step: expected None or an int >= 0 (a training call), got {cfg.stop_step!r}")
-    if not _int(cfg.stop_ramp, 0):
-        raise ValueError(f"stop_ramp: expected an int >= 0, got {cfg.stop_ramp!r}")
-    if cfg.stop_ramp > 0 and (cfg.stop_step is None or cfg.stop_ramp > cfg.stop_step):
-        raise ValueError(
-            f"stop_ramp: expected at most stop_step calls (the ramp ends at stop_step), got stop_ramp={cfg.stop_ramp} "
-            f"with stop_step={cfg.stop_step}; set stop_step, or shorten the ramp"
-        )

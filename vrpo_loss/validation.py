@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["ValueCheck", "as_list", "check_inputs", "check_optional", "start_value_check"]
+__all__ = ["ValueCheck", "as_list", "check_inputs", "check_input_values", "check_optional", "start_value_check"]
 
 
 def as_list(x, name: str) -> List[torch.Tensor]:
@@ -153,3 +153,18 @@ def start_value_check(named: Sequence[Tuple[str, torch.Tensor, str]]) -> ValueCh
     if not flags:
         return ValueCheck([], torch.ones(1, dtype=torch.bool))
     return ValueCheck(named, torch.stack(flags))
+
+
+def check_input_values(features: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], t: Optional[torch.Tensor],
+                       denoise_loss: Optional[torch.Tensor]) -> ValueCheck:
+    """Start the value check of one call's inputs (features and targets finite, ``t`` in [0, 1]).
+
+    Read it with :meth:`ValueCheck.finish` at the end of the call, once its work is queued.
+    """
+    named = [(f"features[{i}]", h.detach(), "finite") for i, h in enumerate(features)]
+    named += [(f"targets[{i}]", y.detach(), "finite") for i, y in enumerate(targets)]
+    if t is not None:
+        named.append(("t", t.detach(), "unit"))
+    if denoise_loss is not None:
+        named.append(("denoise_loss", denoise_loss, "finite"))
+    return start_value_check(named)

@@ -202,7 +202,7 @@ def sample_weight(
     hw = torch.stack([h.weight * mk.float() for h, mk in zip(heads, m)])
     a = (hw * adv).sum(0) / hw.sum(0).clamp_min(1e-12)
     metrics["adv/sample_std"] = a.std() if batch > 1 else torch.zeros((), device=device)
-    if strength == 0:
+    if strength == 0 or batch == 0:  # batch 0: the statistics' all-reduce was entered above, no weights to bound
         return torch.ones(batch, device=device)
     w = bounded_sample_weight(a, strength=strength, w_min=w_min, w_max=w_max)
     metrics["weight/min"], metrics["weight/max"] = w.min(), w.max()

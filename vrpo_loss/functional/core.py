@@ -58,7 +58,10 @@ def resample_grid(y: torch.Tensor, n: int, name: str = "targets") -> torch.Tenso
     b, m, c = y.shape
     sm, sn = math.isqrt(m), math.isqrt(n)
     if sm * sm != m or sn * sn != n:
-        raise ValueError(f"{name}: can only resample square token grids, got {m} tokens for {n} features tokens")
+        raise ValueError(
+            f"{name}: can only resample square token grids, got {m} tokens for {n} features tokens; run the encoder at "
+            "the resolution whose patch grid matches the diffusion model's, or at one whose grid is square like the features'"
+        )
     grid = y.transpose(1, 2).reshape(b, c, sm, sm)
     grid = F.interpolate(grid.float(), size=(sn, sn), mode="bilinear", align_corners=False)
     return grid.reshape(b, c, n).transpose(1, 2).to(y.dtype)

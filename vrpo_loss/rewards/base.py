@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -63,8 +65,8 @@ class RewardHead(nn.Module):
 
     def __init__(self, *, weight: float = 1.0, name: Optional[str] = None):
         super().__init__()
-        if weight < 0:
-            raise ValueError(f"weight: expected a value >= 0, got {weight}")
+        if not (isinstance(weight, numbers.Real) and not isinstance(weight, bool) and math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight: expected a finite value >= 0, got {weight!r}")
         self.weight = float(weight)
         if name is not None:
             self.name = name
@@ -113,6 +115,16 @@ class RewardHead(nn.Module):
             reward: (B,); mask: (B,) bool of the samples that were scored, or None for all.
         """
         raise NotImplementedError(f"{type(self).__name__} does not score samples")
+
+    def check_inputs(self, ctx: RewardContext, tokens: int) -> None:
+        """Raise a ``ValueError`` when an input this head needs is missing or of the wrong shape.
+
+        Metadata only (no data read). The module calls it on every head before any work, so a
+        refused call leaves the running statistics and the step counter as they were.
+
+        Shape:
+            tokens: N, the token count of the encoder the head will score.
+        """
 
     def aux_loss(self, mu: torch.Tensor, ctx: RewardContext) -> Optional[torch.Tensor]:
         """A supervised loss of the head's own, per sample, or None.

@@ -88,6 +88,8 @@ class PerceptualReward(RewardHead):
             return None
         b = ctx.x0.shape[0]
         k = min(self.subset, b)
+        if k == 0:  # an empty batch: nothing to score
+            return None
         with torch.no_grad():
             pred, real = ctx.x0_pred[:k].detach(), ctx.x0[:k].detach()
             if self.decode is not None:

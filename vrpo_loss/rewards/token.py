@@ -88,16 +88,25 @@ class DecodabilityReward(RewardHead):
         return cls(target_dims=cfg.target_dims, patch_dim=patch_dim, patch=cfg.decodability_patch,
                    hidden=cfg.decodability_hidden, weight=cfg.decodability_weight)
 
-    def _patches(self, ctx: RewardContext, n: int) -> torch.Tensor:
-        if ctx.x0 is None:
+    def check_inputs(self, ctx: RewardContext, tokens: int) -> None:
+        """x0 given, (B, C, H, W), and cut by ``patch`` into ``tokens`` patches of ``patch_dim`` values."""
+        x0, p = ctx.x0, self.patch
+        if x0 is None:
             raise ValueError("x0: the decodability reward needs the clean input x0 (B, C, H, W); pass x0=... or set decodability_weight=0")
-        p = patchify(ctx.x0.float(), self.patch)
-        if p.shape[1] != n or p.shape[2] != self.patch_dim:
+        if x0.dim() != 4:
+            raise ValueError(f"x0: expected (B, C, H, W), got shape {tuple(x0.shape)}")
+        c, h, w = x0.shape[1:]
+        if h % p or w % p:
+            raise ValueError(f"x0: height and width {h}x{w} must be multiples of decodability_patch={p}")
+        if (h // p) * (w // p) != tokens or c * p * p != self.patch_dim:
             raise ValueError(
-                f"x0: its patches have shape {tuple(p.shape[1:])} but the heads expect ({n}, {self.patch_dim}); "
+                f"x0: its patches have shape {((h // p) * (w // p), c * p * p)} but the heads expect ({tokens}, {self.patch_dim}); "
                 "set decodability_patch and decodability_channels so that x0's grid / patch equals the token grid"
             )
-        return p
+
+    def _patches(self, ctx: RewardContext, n: int) -> torch.Tensor:
+        self.check_inputs(ctx, n)
+        return patchify(ctx.x0.float(), self.patch)
 
     def _predict(self, z: torch.Tensor, encoder: int) -> torch.Tensor:
         return self.mlps[encoder](F.normalize(z, dim=-1))

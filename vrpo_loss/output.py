@@ -1,0 +1,26 @@
+"""``VRPOOutput``: what :class:`~vrpo_loss.VRPOAlignment` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict
+
+import torch
+
+__all__ = ["VRPOOutput"]
+
+
+@dataclass
+class VRPOOutput:
+    """What :class:`VRPOAlignment` returns.
+
+    Attributes:
+        loss: scalar, what replaces REPA's ``proj_loss`` (equals ``per_sample.mean()``).
+        per_sample: (B,), for hosts that reduce per sample (SiT/DiT ``terms["loss"]``).
+        metrics: detached scalars for logging (``loss_policy``, ``loss_anchor``, ``rewards/<head>/mean``,
+            ``adv/std``, ``frac_zero_std``, ``kl``, ``signal_frac``, ``weight/*`` ...).
+    """
+
+    loss: torch.Tensor
+    per_sample: torch.Tensor
+    metrics: Dict[str, torch.Tensor] = field(default_factory=dict)
