@@ -60,6 +60,8 @@ EMPTY_CONFIGS = {
     "gaussian": {**KW, "policy": "gaussian", "group_size": 4, "learn_sigma": True},
     "repa": {**KW, "mode": "repa"},
     "peers": {**KW, "target_norm": "zscore", "time_weight": "sigmoid", "structure_coeff": 0.5, "stop_step": 2, "stop_ramp": 1},
+    "adaptive-agreement": {**KW, "adaptive": "agreement", "adaptive_terminate": True},
+    "adaptive-repa": {**KW, "mode": "repa", "adaptive": "achievability"},
 }
 
 
@@ -73,12 +75,15 @@ def _empty_worker(rank, world, port, out):
         grads = []
         for step, (f, y, t, dl) in enumerate(_data()):
             keep = slice(0, 4) if rank == 0 else slice(4, 4 if step == 1 else 8)  # rank 1 has no samples at step 1
-            loss = ddp(f[keep], y[keep], t=t[keep], denoise_loss=dl[keep]).loss
+            h = f.clone().requires_grad_(True)[keep]  # as it leaves a model (the agreement probe reads its gradient)
+            loss = ddp(h, y[keep], t=t[keep], denoise_loss=dl[keep]).loss
             assert torch.isfinite(loss)
             align.zero_grad()
             loss.backward()
             grads.append([p.grad.clone() for p in align.parameters()])
-        out[(name, rank)] = ({k: v.clone() for k, v in align.normalizer.state_dict().items()}, grads, align.step)
+        adaptive = {} if align.adaptive is None else {k: v.clone() for k, v in align.adaptive.state_dict().items()
+                                                        if isinstance(v, torch.Tensor)}
+        out[(name, rank)] = ({k: v.clone() for k, v in align.normalizer.state_dict().items()}, grads, align.step, adaptive)
     dist.destroy_process_group()
 
 
@@ -87,12 +92,15 @@ def test_an_empty_rank_takes_part_in_every_collective():
     out = manager.dict()
     mp.spawn(_empty_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     for name, kw in EMPTY_CONFIGS.items():
-        (s0, g0, step0), (s1, g1, step1) = out[(name, 0)], out[(name, 1)]
+        (s0, g0, step0, a0), (s1, g1, step1, a1) = out[(name, 0)], out[(name, 1)]
         assert step0 == step1 == 3
+        assert a0.keys() == a1.keys() and (not kw.get("adaptive") or a0)
+        for k in a0:  # the adaptive statistics were all-reduced at every step, the empty one included
+            torch.testing.assert_close(a0[k], a1[k])
         single = VRPOAlignment(**kw)  # one process on the joined batches (rank 1 adding nothing at step 1)
         for step, (f, y, t, dl) in enumerate(_data()):
             keep = slice(0, 4 if step == 1 else 8)
-            single(f[keep], y[keep], t=t[keep], denoise_loss=dl[keep])
+            single(f.clone().requires_grad_(True)[keep], y[keep], t=t[keep], denoise_loss=dl[keep])
         for k, v in single.normalizer.state_dict().items():
             torch.testing.assert_close(s0[k], s1[k])
             torch.testing.assert_close(s0[k], v)

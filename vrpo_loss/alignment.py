@@ -149,7 +149,7 @@ class VRPOAlignment(nn.Module):
         if scale is not None and scale[0]:  # terminated (HASTE): an exact, connected zero; no alignment work
             out = self._zero(features, {"stop_scale": scale[1]})
         elif features[0].shape[0] == 0:
-            out = self._empty(features, ctx, commit)
+            out = self._empty(features, targets, ctx, commit)
         else:
             out = self._align(features, targets, ctx, commit, None if scale is None else scale[1])
         if check is not None:
@@ -186,14 +186,19 @@ class VRPOAlignment(nn.Module):
         zero = connected_zero(features, self.parameters())
         return VRPOOutput(loss=zero.sum(), per_sample=zero, metrics=metrics)
 
-    def _empty(self, features, ctx: RewardContext, commit: Optional[torch.Tensor]) -> VRPOOutput:
+    def _empty(self, features, targets, ctx: RewardContext, commit: Optional[torch.Tensor]) -> VRPOOutput:
         """An empty batch (B = 0; a DDP rank without samples): the connected zero of :meth:`_zero`.
 
-        In ``mode="vrpo"`` the sample-level stage still runs on the zero samples, so the rank enters
-        the statistics' all-reduce like every other rank (with zero counts): the collectives stay
-        matched, and the running statistics take in the other ranks' samples only (alone: unchanged).
+        In ``mode="vrpo"`` the sample-level stage, and in both modes the adaptive strength, still run
+        on the zero samples, so the rank enters their all-reduces like every other rank (with zero
+        counts): the collectives stay matched, and the running statistics take in the other ranks'
+        samples only (alone: unchanged).
         """
         cfg = self.config
+        if self.adaptive is not None:
+            self.adaptive.attach(features, ctx.t)  # checks t (no probe: nothing is projected)
+            ys = self._prepare_targets(targets)
+            self.adaptive(ys, ys, ctx.t, commit)
         if cfg.mode == "vrpo":
             self._check_heads(features, ctx)
             ctx = dataclasses.replace(ctx, step=self._step_if_read())
