@@ -118,8 +118,9 @@ def markdown(summary, reference, checks, floor, eval_samples, sample_steps):
             for key in "ab":
                 r = s[f"ratio_{key}"]
                 iv = r["interval"]
-                cens = sum(r["censored"])
-                cells.append(_ci(iv["gmean"], iv["lo"], iv["hi"], "{:.2f}") + (f" ({cens} censored)" if cens else ""))
+                cens, rc = sum(r["censored"]), sum(r["ref_censored"])
+                flags = ", ".join(x for x in (f"{cens} censored" if cens else "", f"{rc} REPA censored" if rc else "") if x)
+                cells.append(_ci(iv["gmean"], iv["lo"], iv["hi"], "{:.2f}") + (f" ({flags})" if flags else ""))
             cells += [s["ratio_a"]["verdict"], s["end_verdict"]]
         else:
             cells += ["-"] * 6

@@ -47,7 +47,9 @@ HASTE_STOP = 0.5  # fraction of the run after which HASTE's alignment is off
 SARA_STRUCTURE = 1.0  # structure_coeff of the SARA-style arm
 FINAL_ARMS = ["none", "repa", "vrpo", "irepa", "va-repa", "haste", "sara", "vrpo-zscore"]
 PRESETS = {
-    "quick": dict(arms=["none", "repa", "vrpo"], seeds=[0], workers=2, threads=2),
+    # a demo in ~5 min on 2 cores: one seed, the first 600 steps of the setting
+    "quick": dict(arms=["none", "repa", "vrpo"], seeds=[0], steps=600, eval_at=(100, 200, 300, 400, 600), workers=2,
+                  threads=2),
     "standard": dict(arms=FINAL_ARMS, seeds=[0, 1, 2, 3, 4], workers=2, threads=2),
     # one H200: many small runs side by side (not run in this project's sessions so far)
     "gpu": dict(arms=FINAL_ARMS, seeds=list(range(8)), workers=16, threads=16, device="cuda"),
@@ -99,7 +101,10 @@ def get_args(argv=None):
     p.add_argument("--out", help="output folder (default runs/toy/<preset>)")
     p.add_argument("--title", help="plot title")
     a = p.parse_args(argv)
-    for k, v in {**SETTING, **PRESETS[a.preset]}.items():
+    preset = {**SETTING, **PRESETS[a.preset]}
+    if a.steps is not None and a.eval_at is None:  # a longer or shorter run: the setting's schedule, cut or extended
+        a.eval_at = tuple(s for s in SETTING["eval_at"] if s < a.steps)
+    for k, v in preset.items():
         if getattr(a, k, None) is None:
             setattr(a, k, v)
     if a.device is None:
