@@ -146,8 +146,9 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
     """Train one (arm, seed) for ``cfg.steps`` steps, evaluating at ``cfg.eval_at``; returns a record.
 
     ``data.x_train`` holds the training images at the model's resolution, ``feats`` the encoder tokens
-    on the model's token grid (``pool_tokens``). With ``cfg.ema`` > 0 the evaluated model is an exponential
-    moving average of the weights (decay ``min(ema, (1 + step) / (10 + step))``). At the last evaluation the samples are drawn a second
+    on the model's token grid (``pool_tokens``). With ``cfg.ema`` > 0 the evaluated model is an
+    exponential moving average of the weights (decay ``min(ema, (1 + step) / (10 + step))``). At the
+    last evaluation the samples are drawn a second
     time from other noise (``fd_redraw``): the evaluator's own noise, same model, two sample draws.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
