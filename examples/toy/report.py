@@ -194,14 +194,22 @@ def _forest(summary, reference, title, out, plt):
     labels = list(summary)
     fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.4 * len(labels)), sharey=True)
     names = {"a": f"(a) to best REPA's FD at step {reference['ref_step']}", "b": "(b) to twice the floor"}
+    from matplotlib.ticker import FixedLocator, NullLocator
+
     for ax, key in zip(axes, "ab"):
+        ends = [v for label in labels for v in (summary[label][f"ratio_{key}"]["interval"][k] for k in ("lo", "hi"))
+                if not np.isnan(v)]
+        ax.set_xscale("log")
+        ax.set_xlim(min([0.5] + ends) * 0.9, max([2.0] + ends) * 1.1)
+        ax.xaxis.set_major_locator(FixedLocator([0.25, 0.5, 0.67, 1, 1.5, 2, 4]))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
         for y, label in enumerate(labels):
             iv = summary[label][f"ratio_{key}"]["interval"]
             lo, hi = (iv["lo"], iv["hi"]) if not np.isnan(iv["lo"]) else (iv["gmean"], iv["gmean"])
             ax.errorbar(iv["gmean"], y, xerr=[[iv["gmean"] - lo], [hi - iv["gmean"]]], fmt="o", capsize=3,
                         color="black" if summary[label]["mode"] == "none" else "C0")
         ax.axvline(1, color="grey", lw=1)
-        ax.set_xscale("log")
         ax.set(xlabel="steps ratio vs best REPA (geometric mean, 95% interval; < 1 faster)", title=names[key])
         ax.grid(alpha=0.3)
     axes[0].set_yticks(range(len(labels)), labels, fontsize=7)
