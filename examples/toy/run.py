@@ -109,6 +109,8 @@ def get_args(argv=None):
             setattr(a, k, v)
     if a.device is None:
         a.device = "cpu"
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error(f"--preset {a.preset} / --device cuda: no CUDA device here; use --preset standard on a CPU")
     a.eval_at = tuple(sorted(set(a.eval_at) | {a.steps}))
     if a.ref_step not in a.eval_at:
         p.error(f"--ref-step {a.ref_step} must be one of the evaluation steps {list(a.eval_at)}")
