@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "to
 
 from evaluate import frechet_distance, gaussian_stats, train_classifier  # noqa: E402
 from model import ToySiT, sample  # noqa: E402
-from run import steps_to_reach  # noqa: E402
+from stats import steps_to_reach  # noqa: E402
 from train import Arm, parse_kv, train_run  # noqa: E402
 
 
@@ -70,6 +70,70 @@ def test_arm_parsing():
         Arm.parse("dino")
 
 
+def test_repa_arms_take_config_kwargs_and_stop_fraction():
+    a = Arm.parse("repa@4:target_norm=zscore,projector=conv,token_grid=4x4")
+    assert (a.mode, a.coeff) == ("repa", 4.0)
+    assert a.kwargs == {"target_norm": "zscore", "projector": "conv", "token_grid": (4, 4)}
+    assert a.label == "repa@4:target_norm=zscore,projector=conv,token_grid=4x4"
+    # the peers' string options stay strings ("none" included)
+    assert Arm.parse("repa@2:target_norm=none").kwargs == {"target_norm": "none"}
+    # a float stop_step in (0, 1) is a fraction of the run; an int is a step count
+    assert Arm.parse("repa@4:stop_step=0.5").resolve(1000) == {"stop_step": 500}
+    assert Arm.parse("repa@4:stop_step=0.25").resolve(90) == {"stop_step": 22}
+    assert Arm.parse("repa@4:stop_step=300").resolve(1000) == {"stop_step": 300}
+    with pytest.raises(ValueError, match="stop_step"):
+        Arm.parse("repa@4:stop_step=1.5").resolve(1000)
+    with pytest.raises(ValueError, match="none"):
+        Arm.parse("none@2")
+
+
+def test_named_arms_are_the_finals():
+    from run import FINAL_ARMS, named_arms
+
+    names = named_arms(2.0, 1.0, "policy=correspondence,tau=0.1")
+    assert set(FINAL_ARMS) <= set(names)
+    arms = {k: Arm.parse(v) for k, v in names.items()}
+    assert arms["irepa"].kwargs == {"target_norm": "zscore", "projector": "conv"} and arms["irepa"].coeff == 2.0
+    assert arms["va-repa"].kwargs == {"time_weight": "sigmoid"}
+    assert arms["haste"].resolve(1000)["stop_step"] == 500
+    assert arms["vrpo-zscore"].kwargs == {"policy": "correspondence", "tau": 0.1, "target_norm": "zscore"}
+
+
+def test_pool_tokens_and_square_grid():
+    from data import pool_tokens
+
+    f = torch.arange(2 * 64 * 3, dtype=torch.float32).view(2, 64, 3)  # 8x8 grid, token i at (i // 8, i % 8)
+    p = pool_tokens(f, 4)
+    assert p.shape == (2, 16, 3)
+    # pooled token 0 is the mean of grid tokens (0,0), (0,1), (1,0), (1,1): indices 0, 1, 8, 9
+    assert torch.allclose(p[:, 0], f[:, [0, 1, 8, 9]].mean(1))
+    assert torch.allclose(p[:, 5], f[:, [18, 19, 26, 27]].mean(1))  # grid cell (1, 1)
+    assert pool_tokens(f, 8) is f
+    with pytest.raises(ValueError, match="feats"):
+        pool_tokens(f, 3)
+    # the aligned tokens of the 8x8 model form a square 4x4 grid (a conv projector needs no token_grid)
+    _, h = ToySiT(image_size=8, patch=2, dim=16, depth=2, heads=2, align_depth=1)(
+        torch.randn(3, 1, 8, 8), torch.rand(3), torch.randint(0, 10, (3,)))
+    assert h.shape == (3, 16, 16)
+
+
+def test_evaluator_upsamples_small_samples(tmp_path, monkeypatch):
+    import evaluate
+    from data import load_digits_16
+
+    def untrained(*args, **kwargs):  # any fixed network will do, and costs no training
+        torch.manual_seed(0)
+        return evaluate.DigitCNN().eval()
+
+    monkeypatch.setattr(evaluate, "train_classifier", untrained)
+    ev = evaluate.Evaluator(load_digits_16(16), str(tmp_path), n_per_class=10)
+    x8 = load_digits_16(8).x_test[:100]
+    x16 = load_digits_16(16).x_test[:100]
+    y = load_digits_16(16).y_test[:100]
+    # the 8x8 digits upsampled inside the evaluator score as the 16x16 digits do
+    assert ev(x8, y)["fd"] == pytest.approx(ev(x16, y)["fd"], rel=1e-4)
+
+
 def test_craft_vgg_tokens():
     pytest.importorskip("easyocr_en_models")
     from data import VGGTokens
@@ -86,7 +150,7 @@ def test_train_run_smoke(spec):
     feats = torch.randn(40, 64, 16)
     cfg = SimpleNamespace(dim=32, depth=2, heads=2, align_depth=1, projector_dim=32, lr=1e-3, batch=8, steps=3,
                           eval_at=(3,), eval_samples=20, sample_steps=2, sampler="euler", log_every=1,
-                          diag_every=2)
+                          diag_every=2, ema=0.9)
     seen = []
 
     def evaluator(x, y):
@@ -94,7 +158,27 @@ def test_train_run_smoke(spec):
         return {"fd": 1.0, "acc": 0.5}
 
     rec = train_run(Arm.parse(spec), 0, data, feats, evaluator, cfg)
-    assert seen == [(20, 1, 16, 16)] and [e["step"] for e in rec["evals"]] == [3]
+    assert seen == [(20, 1, 16, 16)] * 2 and [e["step"] for e in rec["evals"]] == [3]  # + the redraw
+    assert "fd_redraw" in rec["evals"][-1]
     assert rec["step_ms"] > 0
     if spec.startswith("vrpo"):
         assert "signal_frac" in rec["metrics"] and "push/policy_vs_repa" in rec["metrics"]
+
+
+def test_train_run_native_resolution_and_ema():
+    torch.manual_seed(0)
+    data = SimpleNamespace(x_train=torch.rand(40, 1, 8, 8) * 2 - 1, y_train=torch.randint(0, 10, (40,)))
+    feats = torch.randn(40, 16, 16)
+    seen = []
+
+    def evaluator(x, y):
+        seen.append(x.clone())
+        return {"fd": 1.0, "acc": 0.5}
+
+    base = dict(dim=16, depth=2, heads=2, align_depth=1, projector_dim=16, lr=1e-2, batch=8, steps=4, eval_at=(4,),
+                eval_samples=10, sample_steps=2, sampler="euler", log_every=1, diag_every=0)
+    train_run(Arm.parse("repa@1"), 0, data, feats, evaluator, SimpleNamespace(**base, ema=0.0))
+    train_run(Arm.parse("repa@1"), 0, data, feats, evaluator, SimpleNamespace(**base, ema=0.9))
+    assert seen[0].shape == (10, 1, 8, 8)
+    # same seed, same training: only the evaluated weights differ (the average, not the last iterate)
+    assert not torch.allclose(seen[0], seen[2])

@@ -34,6 +34,7 @@ class Digits:
 
 
 def load_digits_16(size: int = 16) -> Digits:
+    """The digits at ``size`` x ``size`` (8: the native images, no resampling), in [-1, 1]."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -47,6 +48,18 @@ def load_digits_16(size: int = 16) -> Digits:
     )
     idx_tr, idx_te = torch.as_tensor(idx_tr), torch.as_tensor(idx_te)
     return Digits(x[idx_tr], y[idx_tr], x[idx_te], y[idx_te])
+
+
+def pool_tokens(feats: torch.Tensor, grid: int) -> torch.Tensor:
+    """Average-pool square token grids (N, g*g, C) to (N, grid*grid, C) (identity when g == grid)."""
+    n, m, c = feats.shape
+    g = int(round(m ** 0.5))
+    if g * g != m or g % grid:
+        raise ValueError(f"feats: expected a square token grid divisible into {grid}x{grid}, got {m} tokens")
+    if g == grid:
+        return feats
+    x = feats.transpose(1, 2).reshape(n, c, g, g)
+    return F.avg_pool2d(x, g // grid).flatten(2).transpose(1, 2).contiguous()
 
 
 # ----------------------------------------------------------------------------- encoders

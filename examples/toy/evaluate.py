@@ -102,6 +102,7 @@ class Evaluator:
     """Holds the classifier and the held-out reference statistics; scores a batch of samples."""
 
     def __init__(self, data, cache_dir: str, n_per_class: int = 45):
+        self.size = data.x_train.shape[-1]  # the classifier's resolution (16)
         self.net = train_classifier(data.x_train, data.y_train, cache_dir)
         f_test, pred = features_and_logits(self.net, data.x_test)
         self.test_acc = float((pred == data.y_test).float().mean())
@@ -112,6 +113,9 @@ class Evaluator:
         self.floor = frechet_distance(gaussian_stats(f_tr), self.ref)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """Samples (N, 1, H, W) in [-1, 1] (H < 16: upsampled bilinearly, as the real digits were)."""
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         f, pred = features_and_logits(self.net, x)
         return {"fd": frechet_distance(gaussian_stats(f), self.ref),
                 "acc": float((pred == y).float().mean())}
@@ -121,5 +125,5 @@ def save_grid(x: torch.Tensor, path: str, nrow: int = 10):
     """Save a grid of (N, 1, H, W) images in [-1, 1] as a PNG (upscaled 2x, small file)."""
     from torchvision.utils import save_image
 
-    x = F.interpolate((x + 1) / 2, scale_factor=2, mode="nearest")
+    x = F.interpolate((x + 1) / 2, scale_factor=max(1, 32 // x.shape[-1]), mode="nearest")
     save_image(x, path, nrow=nrow, padding=2, pad_value=1.0)

@@ -1,20 +1,22 @@
-"""The toy benchmark: does VRPO beat REPA on a small class-conditional SiT trained on sklearn digits?
+"""The toy benchmark: a small class-conditional SiT on sklearn digits, alignment losses as arms.
 
-    python examples/toy/run.py                      # default: none / REPA / VRPO, 3 seeds x 300 steps (~18 min on a 2-core CPU)
-    python examples/toy/run.py --full               # longer runs (GPU or patience)
-    python examples/toy/run.py --arms none repa@1 repa@2 "vrpo@0.5:policy=correspondence,tau=0.05" --seeds 0
+    python examples/toy/run.py                       # quick: none / REPA / VRPO, one seed (a demo, ~5 min on 2 cores)
+    python examples/toy/run.py --preset standard     # the finals: every arm, 5 paired seeds (~45 min on 2 cores)
+    python examples/toy/run.py --preset gpu          # every arm, 8 seeds, parallel runs on one GPU
+    python examples/toy/run.py --arms none repa@2 "repa@2:time_weight=sigmoid" "vrpo@1:tau=0.05" --seeds 0 1
 
-An arm is ``none``, ``repa[@coeff]`` or ``vrpo[@coeff][:VRPOConfig kwargs]``; a bare ``repa`` or
-``vrpo`` takes ``--repa-coeff`` / ``--vrpo-coeff`` and ``--vrpo`` kwargs. Every (arm, seed) run is
-stored under ``<out>/runs/`` and reused when the command is repeated with the same settings.
-Writes ``results.json`` (every number), ``results.md`` (the table), plots and sample grids to --out.
+An arm is a name (``none``, ``repa``, ``vrpo``, ``irepa``, ``va-repa``, ``haste``, ``sara``,
+``vrpo-zscore``: see ``named_arms``) or a spec ``none`` | ``repa[@coeff][:VRPOConfig kwargs]`` |
+``vrpo[@coeff][:VRPOConfig kwargs]``; ``stop_step`` in (0, 1) is a fraction of the run's steps.
+Every (arm, seed) run is stored under ``<out>/runs/`` and reused when the command is repeated with
+the same settings, so a rerun only aggregates. Writes ``results.json`` (every number), ``results.md``
+(the table), ``quality.png`` (FD curves with 95% bands), ``forest.png`` (steps ratios) to --out.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import math
 import os
 import platform
 import sys
@@ -25,76 +27,114 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 sys.path.insert(1, ROOT)  # the package, when it is not installed
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from data import encoder_features, load_digits_16  # noqa: E402
+import report  # noqa: E402
+from data import encoder_features, load_digits_16, pool_tokens  # noqa: E402
 from evaluate import Evaluator  # noqa: E402
-from train import Arm, parse_kv, train_run  # noqa: E402
+from stats import steps_to_reach  # noqa: E402,F401  (re-exported)
+from train import Arm, build_alignment, parse_kv, train_run  # noqa: E402
 
+# The setting (docs/benchmark.md, "Calibration"): native 8x8 digits, 2x2 patches (a 4x4 token grid).
+SETTING = dict(image_size=8, patch=2, dim=64, depth=4, heads=4, align_depth=2, projector_dim=128, batch=128,
+               lr=2e-3, ema=0.99, steps=1000, eval_at=(100, 200, 300, 400, 600, 800, 1000), ref_step=200,
+               eval_samples=500, sample_steps=10, sampler="euler")
+# the arms' coefficients (docs/ablation.md: the sweeps at this setting)
+REPA_COEFF = 2.0
+VRPO_COEFF = 1.0
+VRPO_KWARGS = "policy=correspondence,tau=0.1"
+HASTE_STOP = 0.5  # fraction of the run after which HASTE's alignment is off
+SARA_STRUCTURE = 1.0  # structure_coeff of the SARA-style arm
+FINAL_ARMS = ["none", "repa", "vrpo", "irepa", "va-repa", "haste", "sara", "vrpo-zscore"]
 PRESETS = {
-    "default": dict(steps=300, batch=64, eval_at=(100, 200, 300), eval_samples=300, sample_steps=10, ref_step=200,
-                    workers=2),
-    "full": dict(steps=2000, batch=128, eval_at=(250, 500, 1000, 1500, 2000), eval_samples=450,
-                 sample_steps=20, ref_step=1000, workers=1),
+    # a demo in ~5 min on 2 cores: one seed, the first 600 steps of the setting
+    "quick": dict(arms=["none", "repa", "vrpo"], seeds=[0], steps=600, eval_at=(100, 200, 300, 400, 600), workers=2,
+                  threads=2),
+    "standard": dict(arms=FINAL_ARMS, seeds=[0, 1, 2, 3, 4], workers=2, threads=2),
+    # one H200: many small runs side by side (not run in this project's sessions so far)
+    "gpu": dict(arms=FINAL_ARMS, seeds=list(range(8)), workers=16, threads=16, device="cuda"),
 }
-# the arms' chosen settings (docs/ablation.md)
-DEFAULT_ARMS = ["none", "repa", "vrpo"]
-DEFAULT_REPA_COEFF = 4.0  # REPA's best of 0.5, 1, 2, 4 at the early budget
-DEFAULT_VRPO_COEFF = 1.0  # correspondence policy: best of 0.5, 1, 2; pushes ~4.8x REPA per unit
-DEFAULT_VRPO_KWARGS = "policy=correspondence,tau=0.1"
+
+
+def named_arms(repa: float, vrpo: float, vrpo_kwargs: str) -> dict:
+    """The finals' arms, each peer at its published setting and REPA's coefficient."""
+    return {
+        "none": "none",
+        "repa": f"repa@{repa:g}",
+        "vrpo": f"vrpo@{vrpo:g}:{vrpo_kwargs}",
+        "irepa": f"repa@{repa:g}:target_norm=zscore,projector=conv",  # iREPA: z-scored targets, conv projector
+        "va-repa": f"repa@{repa:g}:time_weight=sigmoid",  # VA-REPA: sigmoid(20 (0.7 - t)) weights
+        "haste": f"repa@{repa:g}:stop_step={HASTE_STOP:g}",  # HASTE: alignment off after half the run
+        "sara": f"repa@{repa:g}:structure_coeff={SARA_STRUCTURE:g}",  # SARA-style self-similarity term
+        "vrpo-zscore": f"vrpo@{vrpo:g}:{vrpo_kwargs},target_norm=zscore",
+    }
 
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, help="arms to run (see module docstring)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--full", action="store_true", help="longer preset: %s" % PRESETS["full"])
-    p.add_argument("--steps", type=int, help="training steps per run (overrides the preset)")
-    p.add_argument("--eval-at", type=int, nargs="+", help="steps at which to evaluate")
-    p.add_argument("--ref-step", type=int, help="early budget: target quality = best REPA's FD here")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    p.add_argument("--arms", nargs="+", help="arms to run (names or specs, see the module docstring)")
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--steps", type=int, help="training steps per run")
+    p.add_argument("--eval-at", type=int, nargs="+", help="steps at which to evaluate (the last step is added)")
+    p.add_argument("--ref-step", type=int, help="early budget: target (a) is best REPA's FD here")
     p.add_argument("--batch", type=int)
     p.add_argument("--eval-samples", type=int, help="generated samples per evaluation (10 classes)")
     p.add_argument("--sample-steps", type=int, help="ODE steps of the sampler")
-    p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
-    p.add_argument("--coeff", type=float, help="alignment loss weight for both repa and vrpo")
-    p.add_argument("--repa-coeff", type=float, default=DEFAULT_REPA_COEFF)
-    p.add_argument("--vrpo-coeff", type=float, default=DEFAULT_VRPO_COEFF)
-    p.add_argument("--vrpo", default=DEFAULT_VRPO_KWARGS, help="VRPOConfig kwargs for a bare 'vrpo' arm, "
-                   "e.g. policy=correspondence,tau=0.1")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--align-depth", type=int, default=2, help="align the tokens after this block")
-    p.add_argument("--projector-dim", type=int, default=512, help="hidden width of REPA's projector MLP")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sampler", choices=("euler", "heun"))
+    p.add_argument("--repa-coeff", type=float, default=REPA_COEFF, help="coefficient of the named REPA-based arms")
+    p.add_argument("--vrpo-coeff", type=float, default=VRPO_COEFF, help="coefficient of the named VRPO arms")
+    p.add_argument("--vrpo", default=VRPO_KWARGS, help="VRPOConfig kwargs of the named VRPO arms")
+    for k in ("lr", "ema"):
+        p.add_argument("--" + k, type=float)
+    for k in ("image-size", "patch", "dim", "depth", "heads", "align-depth", "projector-dim"):
+        p.add_argument("--" + k, type=int)
+    p.add_argument("--device", help="cpu or cuda (default: the preset's, else cpu)")
     p.add_argument("--encoder", choices=("vgg", "dinov2"), default="vgg")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads in all")
-    p.add_argument("--workers", type=int, help="runs trained in parallel processes (threads split "
-                   "between them; on a small CPU two single-thread workers beat one two-thread process)")
+    p.add_argument("--threads", type=int, help="CPU threads in all")
+    p.add_argument("--workers", type=int, help="runs in parallel processes (threads split between them)")
     p.add_argument("--log-every", type=int, default=5, help="average out.metrics every this many steps")
-    p.add_argument("--diag-every", type=int, default=25, help="measure the policy term's push on the "
-                   "diffusion tokens against REPA's every this many steps (0: never)")
+    p.add_argument("--diag-every", type=int, default=25, help="measure the policy term's push against REPA's "
+                   "every this many steps (0: never)")
     p.add_argument("--cache-dir", default=os.path.join(ROOT, "cache", "toy"))
-    p.add_argument("--out", default=os.path.join(ROOT, "runs", "toy"))
-    p.add_argument("--title", default="toy benchmark")
+    p.add_argument("--out", help="output folder (default runs/toy/<preset>)")
+    p.add_argument("--title", help="plot title")
     a = p.parse_args(argv)
-    preset = PRESETS["full" if a.full else "default"]
+    preset = {**SETTING, **PRESETS[a.preset]}
+    if a.steps is not None and a.eval_at is None:  # a longer or shorter run: the setting's schedule, cut or extended
+        a.eval_at = tuple(s for s in SETTING["eval_at"] if s < a.steps)
     for k, v in preset.items():
         if getattr(a, k, None) is None:
             setattr(a, k, v)
+    if a.device is None:
+        a.device = "cpu"
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error(f"--preset {a.preset} / --device cuda: no CUDA device here; use --preset standard on a CPU")
     a.eval_at = tuple(sorted(set(a.eval_at) | {a.steps}))
-    if a.coeff is not None:
-        a.repa_coeff = a.vrpo_coeff = a.coeff
+    if a.ref_step not in a.eval_at:
+        p.error(f"--ref-step {a.ref_step} must be one of the evaluation steps {list(a.eval_at)}")
+    a.out = a.out or os.path.join(ROOT, "runs", "toy", a.preset)
+    a.title = a.title or f"toy benchmark ({a.preset})"
     return a
+
+
+def parse_arms(a) -> list:
+    names = named_arms(a.repa_coeff, a.vrpo_coeff, a.vrpo)
+    arms = [Arm.parse(names.get(s, s), {"repa": a.repa_coeff, "vrpo": a.vrpo_coeff}, parse_kv(a.vrpo)) for s in a.arms]
+    for arm in arms:  # fail now, not in a worker: options this version of vrpo_loss does not have
+        try:
+            build_alignment(arm, a.dim, 512, a.projector_dim, steps=a.steps)
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"arm {arm.label!r} cannot be built with this vrpo_loss: {e}")
+    return arms
 
 
 def run_key(arm: Arm, seed: int, a) -> str:
     """Runs are reused only when every setting that changes their numbers is the same."""
     sig = json.dumps([arm.label, seed, a.steps, a.batch, list(a.eval_at), a.eval_samples, a.sample_steps,
-                      a.sampler, a.lr, a.dim, a.depth, a.heads, a.align_depth, a.projector_dim, a.encoder])
+                      a.sampler, a.lr, a.ema, a.image_size, a.patch, a.dim, a.depth, a.heads, a.align_depth,
+                      a.projector_dim, a.encoder])
     return hashlib.sha1(sig.encode()).hexdigest()[:10]
 
 
@@ -102,121 +142,12 @@ def safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "@.=-" else "_" for c in label)
 
 
-def steps_to_reach(steps, fds, target):
-    """First step at which the curve reaches ``target`` (linear in log FD between evaluations)."""
-    prev = None
-    for s, f in zip(steps, fds):
-        if f <= target:
-            if prev is None:
-                return float(s)  # already there at the first evaluation (an upper bound)
-            (s0, f0) = prev
-            w = (math.log(f0) - math.log(target)) / (math.log(f0) - math.log(f))
-            return s0 + w * (s - s0)
-        prev = (s, f)
-    return None
-
-
-def summarise(records, arms, a):
-    summary = {}
-    for arm in arms:
-        recs = [r for r in records if r["arm"] == arm.label]
-        steps = [e["step"] for e in recs[0]["evals"]]
-        fd = np.array([[e["fd"] for e in r["evals"]] for r in recs])
-        acc = np.array([[e["acc"] for e in r["evals"]] for r in recs])
-        sd = lambda m: (m.std(0, ddof=1) if len(m) > 1 else np.zeros(m.shape[1])).tolist()  # noqa: E731
-        metrics = {}
-        for k in recs[0]["metrics"]:
-            metrics[k] = float(np.mean([r["metrics"][k] for r in recs]))
-        summary[arm.label] = dict(mode=arm.mode, coeff=arm.coeff, kwargs=arm.kwargs, seeds=[r["seed"] for r in recs],
-                                  steps=steps, fd_mean=fd.mean(0).tolist(), fd_sd=sd(fd), acc_mean=acc.mean(0).tolist(),
-                                  acc_sd=sd(acc), step_ms=float(np.mean([r["step_ms"] for r in recs])), metrics=metrics)
-    repa = [k for k, s in summary.items() if s["mode"] == "repa" and a.ref_step in s["steps"]]
-    if repa:
-        best = min(repa, key=lambda k: summary[k]["fd_mean"][summary[k]["steps"].index(a.ref_step)])
-        target = summary[best]["fd_mean"][summary[best]["steps"].index(a.ref_step)]
-        for s in summary.values():
-            n = steps_to_reach(s["steps"], s["fd_mean"], target)
-            s["steps_to_target"] = n
-            s["speedup_vs_best_repa"] = (a.ref_step / n) if n else None
-        return summary, dict(best_repa=best, ref_step=a.ref_step, target_fd=target)
-    return summary, None
-
-
-DIAG_COLUMNS = [("signal_frac", "signal frac."), ("push/policy_vs_repa", "policy push / REPA"),
-                ("push/policy_cos", "policy-REPA cos on h")]
-
-
-def markdown(summary, ref, a, floor, clf_acc, wall, records):
-    steps = next(iter(summary.values()))["steps"]
-    head = ["arm"] + [f"FD @{s}" for s in steps] + [f"acc @{steps[-1]}", "ms/step"]
-    if ref:
-        head += [f"steps to FD {ref['target_fd']:.0f}", "speed-up"]
-    diag_cols = [(k, name) for k, name in DIAG_COLUMNS if any(k in s["metrics"] for s in summary.values())]
-    head += [name for _, name in diag_cols]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, s in summary.items():
-        one = len(s["seeds"]) == 1  # no spread to show
-        cells = [f"`{label}`"] + [f"{m:.0f}" if one else f"{m:.0f} ± {d:.0f}" for m, d in zip(s["fd_mean"], s["fd_sd"])]
-        cells += [f"{s['acc_mean'][-1]:.2f}" if one else f"{s['acc_mean'][-1]:.2f} ± {s['acc_sd'][-1]:.2f}",
-                  f"{s['step_ms']:.0f}"]
-        if ref:
-            n = s["steps_to_target"]
-            cells += [f"{n:.0f}" if n else f"> {steps[-1]}",
-                      f"{s['speedup_vs_best_repa']:.2f}x" if s["speedup_vs_best_repa"] else "-"]
-        for k, _ in diag_cols:
-            v = s["metrics"].get(k)
-            cells += [f"{v:.2f}" if v is not None else "-"]
-        rows.append("| " + " | ".join(cells) + " |")
-    seeds = sorted({x for s in summary.values() for x in s["seeds"]})
-    note = [f"\nFD: Frechet distance of {a.eval_samples} class-conditional samples ({a.sampler}, {a.sample_steps} "
-            f"steps) to the 450 held-out digits in the evaluation classifier's 64-d features (real-vs-real floor "
-            f"{floor:.1f}; classifier test accuracy {clf_acc:.3f}); mean ± sd over seeds {seeds}; acc: that "
-            f"classifier's accuracy on the samples; ms/step: training only (no evaluation)."]
-    if ref:
-        note.append(f"Target: `{ref['best_repa']}` (best REPA) at step {ref['ref_step']}, FD {ref['target_fd']:.1f}; "
-                    "steps to reach it interpolate log FD between evaluations; speed-up = "
-                    f"{ref['ref_step']} / steps.")
-    if diag_cols:
-        note.append("signal frac.: `out.metrics['signal_frac']`, cosine of the policy term's gradient on the projected "
-                    "tokens with REPA's; policy push / REPA and policy-REPA cos on h: norm ratio and cosine of the policy "
-                    "term's gradient on the diffusion tokens against REPA's loss gradient (run means).")
-    run_s = sum(r.get("wall_s", 0.0) for r in records)
-    note.append(f"Batch {a.batch}, lr {a.lr}, encoder {a.encoder}; wall time of this invocation {wall / 60:.1f} min"
-                + (f", of its runs together {run_s / 60:.1f} min" if run_s else "") + ".")
-    return "\n".join(rows) + "\n" + "\n".join(note) + "\n"
-
-
-def plots(summary, a, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(summary)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2 + 0.16 * ((n + 1) // 2)))
-    colors = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    style = {"none": dict(ls="--", marker="x"), "repa": dict(ls="-", marker="o"), "vrpo": dict(ls="-.", marker="s")}
-    for i, (label, s) in enumerate(summary.items()):
-        kw = dict(color="black" if s["mode"] == "none" else colors(i % colors.N), ms=4, **style[s["mode"]])
-        st, m, d = np.array(s["steps"]), np.array(s["fd_mean"]), np.array(s["fd_sd"])
-        wall = st * s["step_ms"] / 1000
-        for ax, xs in ((axes[0], st), (axes[1], wall)):
-            ax.plot(xs, m, label=label if ax is axes[0] else None, **kw)
-            ax.fill_between(xs, np.maximum(m - d, 1e-3), m + d, alpha=0.12, color=kw["color"])
-        am, ad = np.array(s["acc_mean"]), np.array(s["acc_sd"])
-        axes[2].plot(st, am, **kw)
-        axes[2].fill_between(st, am - ad, am + ad, alpha=0.12, color=kw["color"])
-    where = "GPU" if torch.cuda.is_available() else "CPU, in-run"
-    for ax, xl, yl in ((axes[0], "training steps", "FD (lower is better)"),
-                       (axes[1], f"training wall time (s, {where})", "FD"),
-                       (axes[2], "training steps", "classifier accuracy on samples")):
-        ax.set_xlabel(xl), ax.set_ylabel(yl), ax.grid(alpha=0.3)
-    axes[0].set_yscale("log"), axes[1].set_yscale("log")
-    fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
-    fig.suptitle(a.title)
-    fig.tight_layout(rect=(0, 0.04 * ((n + 1) // 2) / (1 + 0.04 * ((n + 1) // 2)) + 0.02, 1, 1))
-    fig.savefig(os.path.join(out, "quality.png"), dpi=80)
-    plt.close(fig)
+def setup(a, progress=True):
+    """Training digits at the model's resolution, encoder tokens pooled to its token grid, the evaluator."""
+    data = load_digits_16(a.image_size)
+    feats = encoder_features(data.x_train, a.encoder, a.cache_dir, progress=progress)
+    feats = pool_tokens(feats, a.image_size // a.patch)
+    return data, feats, Evaluator(load_digits_16(16), a.cache_dir, n_per_class=a.eval_samples // 10)
 
 
 def _worker(a, job, position):
@@ -224,31 +155,19 @@ def _worker(a, job, position):
     from tqdm import tqdm
 
     torch.set_num_threads(max(1, a.threads // a.workers))
-    arm, seed, path, grid = job
-    data = load_digits_16()
-    feats = encoder_features(data.x_train, a.encoder, a.cache_dir, progress=False)
-    evaluator = Evaluator(data, a.cache_dir, n_per_class=a.eval_samples // 10)
+    arm, seed, path = job
+    data, feats, evaluator = setup(a, progress=False)
     with tqdm(total=a.steps, desc=f"{arm.label[:28]} s{seed}", unit="step", position=position, leave=False) as bar:
-        rec = train_run(arm, seed, data, feats, evaluator, a, grid_path=grid, progress=bar)
+        rec = train_run(arm, seed, data, feats, evaluator, a, progress=bar)
     json.dump(rec, open(path, "w"), indent=1)
     return rec
 
 
-def main(argv=None):
-    a = get_args(argv)
-    torch.set_num_threads(a.threads)
+def execute(a, arms, data, feats, evaluator):
+    """Run the (arm, seed) pairs not in the cache; returns every record."""
     from tqdm import tqdm
 
-    defaults_c = {"repa": a.repa_coeff, "vrpo": a.vrpo_coeff}
-    arms = [Arm.parse(s, defaults_c, parse_kv(a.vrpo)) for s in a.arms]
-    os.makedirs(os.path.join(a.out, "runs"), exist_ok=True)
-    os.makedirs(os.path.join(a.out, "grids"), exist_ok=True)
-    t0 = time.time()
-    data = load_digits_16()
-    feats = encoder_features(data.x_train, a.encoder, a.cache_dir)
-    evaluator = Evaluator(data, a.cache_dir, n_per_class=a.eval_samples // 10)
-    records = []
-    todo = []
+    records, todo = [], []
     for seed in a.seeds:
         for arm in arms:
             path = os.path.join(a.out, "runs", f"{safe(arm.label)}_s{seed}_{run_key(arm, seed, a)}.json")
@@ -256,41 +175,51 @@ def main(argv=None):
                 records.append(json.load(open(path)))
             else:
                 todo.append((arm, seed, path))
-    jobs = [(arm, seed, path, os.path.join(a.out, "grids", f"{safe(arm.label)}.png") if seed == a.seeds[0] else None)
-            for arm, seed, path in todo]
-    if a.workers > 1 and len(jobs) > 1:
-        # independent runs in parallel processes, threads split between them
+    if a.workers > 1 and len(todo) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn")) as pool:
-            futs = [pool.submit(_worker, a, job, 1 + i % a.workers) for i, job in enumerate(jobs)]
-            for f in tqdm(as_completed(futs), total=len(futs), desc=f"{len(jobs)} runs, {a.workers} workers",
+            futs = [pool.submit(_worker, a, job, 1 + i % a.workers) for i, job in enumerate(todo)]
+            for f in tqdm(as_completed(futs), total=len(futs), desc=f"{len(todo)} runs, {a.workers} workers",
                           unit="run", position=0):
                 records.append(f.result())
     else:
-        bar = tqdm(total=len(todo) * a.steps, desc=f"{len(todo)} runs", unit="step", smoothing=0.05)
-        for arm, seed, path, grid in jobs:
-            rec = train_run(arm, seed, data, feats, evaluator, a, grid_path=grid, progress=bar)
-            json.dump(rec, open(path, "w"), indent=1)
-            records.append(rec)
-        bar.close()
+        with tqdm(total=len(todo) * a.steps, desc=f"{len(todo)} runs", unit="step", smoothing=0.05) as bar:
+            for arm, seed, path in todo:
+                rec = train_run(arm, seed, data, feats, evaluator, a, progress=bar)
+                json.dump(rec, open(path, "w"), indent=1)
+                records.append(rec)
+    return records, len(todo)
+
+
+def main(argv=None):
+    a = get_args(argv)
+    torch.set_num_threads(a.threads)
+    arms = parse_arms(a)
+    os.makedirs(os.path.join(a.out, "runs"), exist_ok=True)
+    t0 = time.time()
+    data, feats, evaluator = setup(a)
+    records, n_new = execute(a, arms, data, feats, evaluator)
     wall = time.time() - t0
-    summary, ref = summarise(records, arms, a)
-    md = markdown(summary, ref, a, evaluator.floor, evaluator.test_acc, wall, records)
+    summary, reference = report.summarise(records, arms, a.ref_step, evaluator.floor)
+    checks = report.calibration_checks(summary, reference)
+    md = report.markdown(summary, reference, checks, evaluator.floor, a.eval_samples, a.sample_steps)
     cmd = "python examples/toy/run.py " + " ".join(f'"{x}"' if any(c in x for c in " :,") else x
                                                      for x in (argv if argv is not None else sys.argv[1:]))
-    machine = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+    machine = (torch.cuda.get_device_name(0) if a.device == "cuda" and torch.cuda.is_available()
                else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), {a.threads} threads"
-               + (f" in {a.workers} worker processes" if a.workers > 1 and len(todo) > 1 else ""))
-    header = f"# {a.title}\n\nCommand: `{cmd}`  \nMachine: {machine}; torch {torch.__version__}\n\n"
+               + (f" in {a.workers} worker processes" if a.workers > 1 else ""))
+    run_min = sum(r.get("wall_s", 0.0) for r in records) / 60
+    header = (f"# {a.title}\n\nCommand: `{cmd}`  \nMachine: {machine}; torch {torch.__version__}  \n"
+              f"Wall time of this invocation {wall / 60:.1f} min ({n_new} new runs); the runs' own wall times "
+              f"(training and evaluation) add up to {run_min:.1f} min.\n\n")
     open(os.path.join(a.out, "results.md"), "w").write(header + md)
-    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()
-           if k not in ("out", "cache_dir", "workers", "threads")}
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items() if k not in ("out", "cache_dir")}
     json.dump(dict(command=cmd, machine=machine, config=cfg, floor=evaluator.floor, classifier_test_acc=evaluator.test_acc,
-                   wall_s=wall, reference=ref, summary=summary, runs=records),
+                   wall_s=wall, reference=reference, checks=checks, summary=summary, runs=records),
               open(os.path.join(a.out, "results.json"), "w"), indent=1)
-    plots(summary, a, a.out)
+    report.plots(summary, reference, a.title, a.out)
     print(header + md)
     return summary
 

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from model import ToySiT  # noqa: E402
+from run import SETTING  # noqa: E402
 from train import Arm, build_alignment  # noqa: E402
 
 
@@ -31,10 +32,12 @@ def main(argv=None):
     p.add_argument("--arms", nargs="+", default=["none", "repa", "vrpo"])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--projector-dim", type=int, default=512)
+    p.add_argument("--batch", type=int, default=SETTING["batch"])
+    p.add_argument("--image-size", type=int, default=SETTING["image_size"])
+    p.add_argument("--patch", type=int, default=SETTING["patch"])
+    p.add_argument("--dim", type=int, default=SETTING["dim"])
+    p.add_argument("--depth", type=int, default=SETTING["depth"])
+    p.add_argument("--projector-dim", type=int, default=SETTING["projector_dim"])
     p.add_argument("--target-dim", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="write the timings here as JSON")
@@ -44,12 +47,12 @@ def main(argv=None):
     runs = []
     for spec in a.arms:
         arm = Arm.parse(spec, {"repa": 1.0, "vrpo": 1.0})
-        model = ToySiT(dim=a.dim, depth=a.depth)
+        model = ToySiT(image_size=a.image_size, patch=a.patch, dim=a.dim, depth=a.depth)
         align = build_alignment(arm, a.dim, a.target_dim, a.projector_dim)
         params = list(model.parameters()) + (list(align.parameters()) if align is not None else [])
         runs.append((arm, model, align, torch.optim.AdamW(params, lr=1e-4), []))
-    x, y = torch.randn(a.batch, 1, 16, 16), torch.randint(0, 10, (a.batch,))
-    feats = torch.randn(a.batch, 64, a.target_dim).relu()
+    x, y = torch.randn(a.batch, 1, a.image_size, a.image_size), torch.randint(0, 10, (a.batch,))
+    feats = torch.randn(a.batch, (a.image_size // a.patch) ** 2, a.target_dim).relu()
     for i in range(a.warmup + a.steps):
         for arm, model, align, opt, times in runs:
             tic = time.perf_counter()

@@ -8,6 +8,7 @@ compared on paired runs.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ from evaluate import save_grid
 from model import ToySiT, sample
 
 
+# string-valued options of the peer methods (parsed as strings even before VRPOConfig declares them)
+PEER_STR_OPTIONS = ("target_norm", "projector", "time_weight")
+
+
 @dataclass
 class Arm:
     """An arm: ``mode`` in {"none", "repa", "vrpo"}, the loss weight ``coeff``, VRPOConfig kwargs."""
@@ -32,31 +37,56 @@ class Arm:
 
     @staticmethod
     def parse(spec: str, default_coeff: dict | None = None, default_kwargs: dict | None = None) -> "Arm":
-        """``none`` | ``repa[@coeff]`` | ``vrpo[@coeff][:key=value,key=value]``."""
+        """``none`` | ``repa[@coeff][:key=value,...]`` | ``vrpo[@coeff][:key=value,...]``.
+
+        The kwargs are VRPOConfig's (``repa@4:target_norm=zscore,projector=conv``); a bare ``vrpo``
+        takes ``default_kwargs``. ``stop_step`` in (0, 1) is a fraction of the run (see ``resolve``).
+        """
         head, _, kw = spec.partition(":")
         mode, _, coeff = head.partition("@")
         if mode not in ("none", "repa", "vrpo"):
-            raise ValueError(f"arm {spec!r}: mode must be none, repa or vrpo")
+            raise ValueError(f"arm {spec!r}: mode must be none, repa or vrpo (e.g. 'repa@4:time_weight=sigmoid')")
+        if mode == "none" and (coeff or kw):
+            raise ValueError(f"arm {spec!r}: 'none' takes no coefficient and no options")
         kwargs = dict(default_kwargs or {}) if mode == "vrpo" and not kw else {}
         kwargs.update(parse_kv(kw))
         c = float(coeff) if coeff else (default_coeff or {}).get(mode, 0.0)
         label = "none" if mode == "none" else f"{mode}@{c:g}" + (
-            ":" + ",".join(f"{k}={v}" for k, v in kwargs.items()) if kwargs else "")
+            ":" + ",".join(f"{k}={_fmt(v)}" for k, v in kwargs.items()) if kwargs else "")
         return Arm(mode, 0.0 if mode == "none" else c, kwargs, label)
+
+    def resolve(self, steps: int) -> dict:
+        """The VRPOConfig kwargs of a run of ``steps`` steps: a ``stop_step`` in (0, 1) becomes
+        ``round(stop_step * steps)``; an int is a step count and is kept."""
+        kw = dict(self.kwargs)
+        stop = kw.get("stop_step")
+        if isinstance(stop, float):
+            if not 0 < stop < 1:
+                raise ValueError(f"arm {self.label!r}: stop_step as a float must be a fraction in (0, 1) of the "
+                                 f"run's steps, got {stop}; pass an int for a step count")
+            kw["stop_step"] = max(1, round(stop * steps))
+        return kw
+
+
+def _fmt(v) -> str:
+    return "x".join(str(x) for x in v) if isinstance(v, tuple) else str(v)
 
 
 def parse_kv(text: str) -> dict:
     """``"policy=correspondence,tau=0.1,antithetic=false"`` -> dict with ints/floats/bools parsed.
 
-    ``none`` is None, except for VRPOConfig's string options (``adv_scale=none`` is the string).
+    ``none`` is None, except for VRPOConfig's string options (``adv_scale=none`` is the string);
+    ``token_grid=4x4`` is the tuple (4, 4).
     """
-    str_fields = {f.name for f in dataclasses.fields(VRPOConfig) if f.type in (str, "str")}
+    str_fields = {f.name for f in dataclasses.fields(VRPOConfig) if f.type in (str, "str")} | set(PEER_STR_OPTIONS)
     out = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         k, _, v = item.partition("=")
         low = v.lower()
         if k in str_fields:
             out[k] = v
+        elif k == "token_grid" and "x" in low:
+            out[k] = tuple(int(n) for n in low.split("x"))
         elif low in ("true", "false"):
             out[k] = low == "true"
         elif low == "none":
@@ -72,13 +102,18 @@ def parse_kv(text: str) -> dict:
     return out
 
 
-def build_alignment(arm: Arm, hidden_dim: int, target_dim: int, projector_dim: int):
+def build_alignment(arm: Arm, hidden_dim: int, target_dim: int, projector_dim: int, steps: int = 0,
+                    diagnostics_every: int | None = None):
+    """The arm's ``VRPOAlignment`` (None for ``none``); ``steps`` resolves a fractional ``stop_step``."""
     if arm.mode == "none":
         return None
     from vrpo_loss import VRPOAlignment
 
+    kw = arm.resolve(steps) if steps else dict(arm.kwargs)
+    if diagnostics_every is not None and arm.mode == "vrpo":
+        kw.setdefault("diagnostics_every", diagnostics_every)  # detached diagnostic: no effect on training
     return VRPOAlignment(hidden_dim=hidden_dim, target_dims=(target_dim,), projector_dim=projector_dim,
-                         mode=arm.mode, **arm.kwargs)
+                         mode=arm.mode, **kw)
 
 
 def push_diagnostic(align, h: torch.Tensor, y: torch.Tensor, vrpo_loss: torch.Tensor) -> dict:
@@ -101,15 +136,32 @@ def push_diagnostic(align, h: torch.Tensor, y: torch.Tensor, vrpo_loss: torch.Te
             "push/total_vs_repa": float(g_vrpo.norm() / n_repa)}
 
 
+def _evaluate(model, evaluator, y_eval, noise, cfg, dev):
+    xs = sample(model, y_eval.to(dev), noise.to(dev), steps=cfg.sample_steps, method=cfg.sampler).cpu()
+    return xs, evaluator(xs, y_eval)
+
+
 def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, grid_path: str | None = None,
               progress=None) -> dict:
-    """Train one (arm, seed) for ``cfg.steps`` steps, evaluating at ``cfg.eval_at``; returns a record."""
-    start = time.perf_counter()
+    """Train one (arm, seed) for ``cfg.steps`` steps, evaluating at ``cfg.eval_at``; returns a record.
+
+    ``data.x_train`` holds the training images at the model's resolution, ``feats`` the encoder tokens
+    on the model's token grid (``pool_tokens``). With ``cfg.ema`` > 0 the evaluated model is an
+    exponential moving average of the weights (decay ``min(ema, (1 + step) / (10 + step))``). At the
+    last evaluation the samples are drawn a second
+    time from other noise (``fd_redraw``): the evaluator's own noise, same model, two sample draws.
+    """
+    start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)
-    model = ToySiT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, align_depth=cfg.align_depth)
-    align = build_alignment(arm, cfg.dim, feats.shape[-1], cfg.projector_dim)
+    size = data.x_train.shape[-1]
+    model = ToySiT(image_size=size, patch=getattr(cfg, "patch", 2), dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
+                   align_depth=cfg.align_depth)
+    align = build_alignment(arm, cfg.dim, feats.shape[-1], cfg.projector_dim, steps=cfg.steps,
+                            diagnostics_every=getattr(cfg, "diag_every", None))
     dev = torch.device(getattr(cfg, "device", "cpu"))
     model.to(dev)
+    ema_decay = getattr(cfg, "ema", 0.0)
+    ema = copy.deepcopy(model).requires_grad_(False) if ema_decay else None  # the model that is evaluated
     if align is not None:
         align.to(dev)
     params = list(model.parameters()) + (list(align.parameters()) if align is not None else [])
@@ -118,7 +170,8 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
     x_all, y_all, feats = data.x_train.to(dev), data.y_train.to(dev), feats.to(dev)
     n_cls = cfg.eval_samples // 10
     y_eval = torch.arange(10).repeat_interleave(n_cls)
-    noise_eval = torch.randn(len(y_eval), 1, 16, 16, generator=torch.Generator().manual_seed(10_000 + seed))
+    noise_eval = torch.randn(len(y_eval), 1, size, size, generator=torch.Generator().manual_seed(10_000 + seed))
+    noise_redraw = torch.randn(len(y_eval), 1, size, size, generator=torch.Generator().manual_seed(20_000 + seed))
 
     record = {"arm": arm.label, "mode": arm.mode, "coeff": arm.coeff, "kwargs": arm.kwargs, "seed": seed,
               "evals": [], "metrics": {}}
@@ -130,7 +183,7 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         idx = perm[pos:pos + cfg.batch]
         pos += cfg.batch
         t = torch.rand(len(idx), generator=g).to(dev)
-        eps = torch.randn(len(idx), 1, 16, 16, generator=g).to(dev)
+        eps = torch.randn(len(idx), 1, size, size, generator=g).to(dev)
         idx = idx.to(dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -152,6 +205,9 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:  # decay warmed up, (1 + step) / (10 + step), so early averages do not lag
+            d = min(ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         train_time += time.perf_counter() - tic
@@ -163,16 +219,19 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         if progress is not None:
             progress.update(1)
         if step in cfg.eval_at:
-            xs = sample(model, y_eval.to(dev), noise_eval.to(dev), steps=cfg.sample_steps, method=cfg.sampler).cpu()
-            ev = evaluator(xs, y_eval)
+            net = model if ema is None else ema
+            xs, ev = _evaluate(net, evaluator, y_eval, noise_eval, cfg, dev)
             ev.update(step=step, train_s=round(train_time, 3), loss=float(denoise.detach().mean()))
+            if step == cfg.steps:
+                ev["fd_redraw"] = _evaluate(net, evaluator, y_eval, noise_redraw, cfg, dev)[1]["fd"]
             record["evals"].append(ev)
             if progress is not None:
                 progress.set_postfix(arm=arm.label[:24], seed=seed, step=step, fd=f"{ev['fd']:.0f}")
             if grid_path and step == cfg.steps:
-                save_grid(xs.view(10, n_cls, 1, 16, 16)[:, :10].reshape(-1, 1, 16, 16), grid_path)
+                save_grid(xs.view(10, n_cls, 1, size, size)[:, :10].reshape(-1, 1, size, size), grid_path)
     record["step_ms"] = 1000 * train_time / cfg.steps
     record["wall_s"] = time.perf_counter() - start  # training, diagnostics and evaluation
+    record["cpu_s"] = time.process_time() - cpu_start  # the same in CPU time (core-seconds), whatever the load
     record["metrics"] = {k: s / max(count, 1) for k, s in sums.items()}
     record["metrics"].update({k: s / diag_n for k, s in diag.items()} if diag_n else {})
     return record

@@ -1,0 +1,96 @@
+"""examples/toy/stats.py against hand-computed cases (t quantiles from the published table)."""
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "toy"))
+
+import stats  # noqa: E402
+
+T975_DF1 = 12.706204736174698  # Student t, 0.975 quantile, 1 degree of freedom
+T975_DF2 = 4.302652729749464  # 2 degrees of freedom
+T975_DF4 = 2.7764451051977934  # 4 degrees of freedom
+
+
+def test_t_interval_hand_computed():
+    # [1, 2, 3]: mean 2, sd (ddof 1) 1, half-width t(0.975, 2) * 1 / sqrt(3)
+    ti = stats.t_interval([1.0, 2.0, 3.0])
+    half = T975_DF2 / math.sqrt(3)
+    assert (ti["mean"], ti["sd"], ti["n"]) == (2.0, 1.0, 3)
+    assert ti["lo"] == pytest.approx(2 - half, rel=1e-9) and ti["hi"] == pytest.approx(2 + half, rel=1e-9)
+    # five seeds: sd of [0, 0, 0, 0, 5] is sqrt(5), mean 1
+    ti = stats.t_interval([0.0, 0.0, 0.0, 0.0, 5.0])
+    assert ti["hi"] - ti["mean"] == pytest.approx(T975_DF4 * math.sqrt(5) / math.sqrt(5), rel=1e-9)
+
+
+def test_t_interval_one_seed_and_bad_input():
+    ti = stats.t_interval([7.0])
+    assert ti["mean"] == 7.0 and math.isnan(ti["lo"]) and math.isnan(ti["hi"])
+    with pytest.raises(ValueError, match="x"):
+        stats.t_interval([])
+
+
+def test_paired_differences_per_evaluation():
+    fd = np.array([[3.0, 5.0], [5.0, 9.0]])
+    ref = np.ones((2, 2))
+    d = stats.paired_differences(fd, ref)
+    # differences [2, 4] and [4, 8]: means 3 and 6, sds sqrt(2) and 2 sqrt(2)
+    assert [x["mean"] for x in d] == [3.0, 6.0]
+    assert d[1]["hi"] - d[1]["mean"] == pytest.approx(T975_DF1 * 2 * math.sqrt(2) / math.sqrt(2), rel=1e-9)
+    with pytest.raises(ValueError, match="same"):
+        stats.paired_differences(fd, np.ones((3, 2)))
+
+
+def test_ratio_interval_is_geometric():
+    # logs ln2 and ln8: mean 2 ln2 (geometric mean 4), sd sqrt(2) ln2, half-width t(0.975, 1) ln2
+    r = stats.ratio_interval([2.0, 8.0])
+    assert r["gmean"] == pytest.approx(4.0, rel=1e-12)
+    assert math.log(r["hi"] / 4) == pytest.approx(T975_DF1 * math.log(2), rel=1e-9)
+    assert math.log(4 / r["lo"]) == pytest.approx(T975_DF1 * math.log(2), rel=1e-9)
+    with pytest.raises(ValueError, match="ratios"):
+        stats.ratio_interval([1.0, 0.0])
+
+
+def test_steps_to_reach():
+    # 400 -> 100 between steps 100 and 200: FD 200 is a quarter of the way in log FD... halfway: ln2 / ln4
+    assert stats.steps_to_reach([100, 200], [400.0, 100.0], 200.0) == pytest.approx(150.0)
+    assert stats.steps_to_reach([100, 200], [150.0, 100.0], 200.0) == 100.0
+    assert stats.steps_to_reach([100, 200], [400.0, 300.0], 200.0) is None
+
+
+def test_steps_ratios_censoring():
+    steps = [100, 200]
+    fd = np.array([[400.0, 300.0], [400.0, 100.0]])  # seed 0 never reaches 200; seed 1 at step 150
+    ref = np.array([[400.0, 100.0], [400.0, 400.0]])  # seed 0 at 150; seed 1 never
+    out = stats.steps_ratios(steps, fd, ref, 200.0)
+    assert out["censored"] == [True, False] and out["ref_censored"] == [False, True]
+    assert out["arm_steps"] == pytest.approx([200.0, 150.0]) and out["ref_steps"] == pytest.approx([150.0, 200.0])
+    assert out["ratios"] == pytest.approx([200 / 150, 150 / 200])
+    # per-seed targets
+    out = stats.steps_ratios(steps, fd, ref, [350.0, 100.0])
+    assert out["ratios"][1] == pytest.approx(200 / 200) and out["ref_censored"] == [False, True]
+
+
+def test_speed_verdicts():
+    below, above, across = dict(n=5, lo=0.5, hi=0.9), dict(n=5, lo=1.1, hi=1.5), dict(n=5, lo=0.8, hi=1.2)
+    none = [False] * 5
+    assert stats.speed_verdict(below, none, none) == "faster"
+    assert stats.speed_verdict(above, none, none) == "slower"
+    assert stats.speed_verdict(across, none, none) == "no detectable difference"
+    # a censored arm seed is a lower bound on its ratio: "faster" cannot be claimed from it
+    assert stats.speed_verdict(below, [True] + none[1:], none) == "no detectable difference"
+    assert stats.speed_verdict(above, none, [True] + none[1:]) == "no detectable difference"
+    assert stats.speed_verdict(dict(n=1, lo=math.nan, hi=math.nan), [False], [False]).endswith("(one seed)")
+    assert stats.level_verdict(dict(n=5, lo=-3.0, hi=-1.0)) == "better"
+    assert stats.level_verdict(dict(n=5, lo=1.0, hi=3.0)) == "worse"
+    assert stats.level_verdict(dict(n=5, lo=-1.0, hi=3.0)) == "no detectable difference"
+
+
+def test_evaluator_noise():
+    # differences +-2: mean square 4 = 2 var -> sd sqrt(2)
+    assert stats.evaluator_noise([10.0, 12.0], [12.0, 10.0]) == pytest.approx(math.sqrt(2))
+    with pytest.raises(ValueError, match="fd_a"):
+        stats.evaluator_noise([1.0], [1.0, 2.0])
