@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
 import stats
 
 
@@ -178,7 +177,7 @@ def plots(summary, reference, title, out):
             axes[0].text(axes[0].get_xlim()[0], y, name, fontsize=7, va="bottom", color="grey")
         axes[1].axhline(0, color="grey", lw=1)
     axes[0].set(xlabel="training steps", ylabel="FD (mean, 95% band)", yscale="log")
-    axes[1].set(xlabel="training steps", ylabel=f"FD - best REPA's, paired (95% band)")
+    axes[1].set(xlabel="training steps", ylabel="FD - best REPA's, paired (95% band)")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.legend(loc="lower center", ncol=3, fontsize=7, frameon=False)

@@ -21,7 +21,6 @@ from vrpo_loss import VRPOConfig
 from evaluate import save_grid
 from model import ToySiT, sample
 
-
 # string-valued options of the peer methods (parsed as strings even before VRPOConfig declares them)
 PEER_STR_OPTIONS = ("target_norm", "projector", "time_weight")
 
