@@ -92,12 +92,15 @@ def test_named_arms_are_the_finals():
     from run import FINAL_ARMS, named_arms
 
     names = named_arms(2.0, 1.0, "policy=correspondence,tau=0.1")
-    assert set(FINAL_ARMS) <= set(names)
+    assert all(Arm.parse(names.get(a, a)).label for a in FINAL_ARMS)  # a name, or a spec such as repa@2
+    assert {"none", "repa", "vrpo", "irepa", "va-repa", "haste", "sara", "vrpo-zscore"} <= set(FINAL_ARMS)
     arms = {k: Arm.parse(v) for k, v in names.items()}
     assert arms["irepa"].kwargs == {"target_norm": "zscore", "projector": "conv"} and arms["irepa"].coeff == 2.0
     assert arms["va-repa"].kwargs == {"time_weight": "sigmoid"}
     assert arms["haste"].resolve(1000)["stop_step"] == 500
     assert arms["vrpo-zscore"].kwargs == {"policy": "correspondence", "tau": 0.1, "target_norm": "zscore"}
+    assert arms["vrpo-agreement"].kwargs["adaptive"] == "agreement"
+    assert arms["vrpo-achievability"].kwargs["adaptive"] == "achievability"
 
 
 def test_pool_tokens_and_square_grid():
