@@ -238,15 +238,20 @@ def test_torch_compile_does_not_recompile_as_the_step_advances(validate):
     # training call would recompile (until dynamo's cache limit sends the module back to eager).
     import torch._dynamo
 
+    # The metric schedule gives two graphs, a metric step (step 0) and an off step (step 1), each compiled
+    # once; after them, two more periods (metric steps included) run without a recompilation.
     torch._dynamo.reset()
     align = VRPOAlignment(hidden_dim=None, target_dims=(8,), validate=validate)
+    every = align.config.metrics_every
+    assert every > 1 and align.config.diagnostics_every == every
     compiled = torch.compile(align, backend="eager")
     y = torch.randn(B, N, 8)
-    compiled(torch.randn(B, N, 8, requires_grad=True), y, t=torch.rand(B)).loss.backward()
+    for _ in range(2):
+        compiled(torch.randn(B, N, 8, requires_grad=True), y, t=torch.rand(B)).loss.backward()
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for _ in range(3):
+        for _ in range(2 * every):
             compiled(torch.randn(B, N, 8, requires_grad=True), y, t=torch.rand(B)).loss.backward()
-    assert align.step == 4
+    assert align.step == 2 + 2 * every
 
 
 class _StepReader(RewardHead):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -111,6 +111,7 @@ class VRPOAlignment(nn.Module):
         token_heads, sample_heads = heads_from_config(cfg, heads, decode=decode, perceptual_net=perceptual_net)
         self.token_heads = nn.ModuleList(token_heads)
         self.sample_heads = nn.ModuleList(sample_heads)
+        self._user_sample_heads = any(h.level == "sample" for h in heads)  # their rewards may be read elsewhere
         self.normalizer = TimeBinnedNormalizer.from_config(cfg, heads=max(1, len(sample_heads)))
         self.policy = policy_from_config(cfg)
         self.step = 0  # training calls so far; saved through get_extra_state
@@ -141,6 +142,7 @@ class VRPOAlignment(nn.Module):
         if cfg.time_weight != "uniform" and t is None:
             raise ValueError(f"time_weight: {cfg.time_weight!r} weights each sample by its time and needs t, got t=None; "
                              "pass t (0 = clean data, 1 = noise)")
+        when = self._schedule() if cfg.mode == "vrpo" else None  # (metrics, diagnostics) this call
         check = self._start_value_check(features, targets, t, denoise_loss) if cfg.validate else None
         targets = [y if y.shape[1] == h.shape[1] else resample_grid(y, h.shape[1], f"targets[{i}]")
                    for i, (h, y) in enumerate(zip(features, targets))]
@@ -151,7 +153,7 @@ class VRPOAlignment(nn.Module):
         else:
             ctx = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0)
             out = self._align(features, targets, ctx, None if check is None else check.ok,
-                              None if scale is None else scale[1])
+                              None if scale is None else scale[1], when)
         if check is not None:
             check.finish()  # raises on a bad input; the statistics were not updated (masked by check.ok)
         if self.training:
@@ -159,7 +161,7 @@ class VRPOAlignment(nn.Module):
         return out
 
     def _align(self, features, targets, ctx: RewardContext, commit: Optional[torch.Tensor],
-               scale: Optional[torch.Tensor]) -> VRPOOutput:
+               scale: Optional[torch.Tensor], when=None) -> VRPOOutput:
         """Project, prepare the targets, the mode's loss, then the peer terms (structure, time weight, ramp)."""
         cfg = self.config
         mus = self.project(features)
@@ -171,7 +173,7 @@ class VRPOAlignment(nn.Module):
                 metrics = {"loss_anchor": per_sample.mean().detach(), "cos": -per_sample.mean().detach()}
             else:
                 ctx = dataclasses.replace(ctx, step=self._step_if_read())
-                out = self._vrpo(mus, ys, ctx, commit)
+                out = self._vrpo(mus, ys, ctx, commit, *when)
                 per_sample, metrics = out.per_sample, out.metrics
             per_sample, extra = peer_terms(per_sample, mus, ys, ctx.t, cfg, scale)
         return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics={**metrics, **extra})
@@ -215,44 +217,63 @@ class VRPOAlignment(nn.Module):
         # and recompile every call. It counts training calls in both modes (``stop_step`` reads it).
         self.step += 1
 
-    def _diagnostics_now(self) -> bool:
-        every = self.config.diagnostics_every
-        return every == 1 or (every > 1 and self.step % every == 0)
+    @torch.compiler.disable
+    def _schedule(self) -> Tuple[bool, bool]:
+        # Whether this call computes the full metrics and the diagnostic (every call in eval mode). Eager
+        # under torch.compile: the traced code sees two booleans, so it compiles one graph per
+        # combination, once, and does not guard on the step.
+        c = self.config
+        if not self.training:
+            return True, c.diagnostics_every > 0
+        return self.step % c.metrics_every == 0, c.diagnostics_every > 0 and self.step % c.diagnostics_every == 0
 
-    def _vrpo(self, mus, ys, base: RewardContext, commit: Optional[torch.Tensor]) -> VRPOOutput:
+    def _vrpo(self, mus, ys, base: RewardContext, commit: Optional[torch.Tensor], full: bool, diag: bool) -> VRPOOutput:
         cfg = self.config
         metrics: Metrics = {}
-        w = sample_weight(list(self.sample_heads), self.normalizer, base, batch=mus[0].shape[0], device=mus[0].device,
-                          strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max, commit=commit, metrics=metrics)
+        w = None  # weight one
+        # At strength 0 the built-in heads' stage feeds only metrics: it runs on metric steps only
+        if self.sample_heads and (cfg.sample_weight != 0 or full or self._user_sample_heads):
+            w = sample_weight(list(self.sample_heads), self.normalizer, base, batch=mus[0].shape[0], device=mus[0].device,
+                              strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max, commit=commit,
+                              metrics=metrics if full else None)
+            w = w if cfg.sample_weight != 0 else None
         run_policy = cfg.policy_coeff > 0  # False: no policy work at all
-        diagnostics = run_policy and self._diagnostics_now()
-        anchor, policy, aux, per_encoder = [], [], [], []
+        loss, anchor, policy, aux, per_encoder = [], [], [], [], []
         for e, (mu, y) in enumerate(zip(mus, ys)):
             ctx = dataclasses.replace(base, targets=y, encoder=e)
-            anchor.append((1 - token_cosine(mu, y)).mean(-1))
             if run_policy:
-                pg, m = self.policy.term(mu, ctx, list(self.token_heads), w, diagnostics=diagnostics)
-                policy.append(pg)
-                per_encoder.append(m)
+                o = self.policy.objective(mu, ctx, list(self.token_heads), w, anchor_coeff=cfg.anchor_coeff,
+                                          policy_coeff=cfg.policy_coeff, diagnostics=diag, metrics=full)
+                loss.append(o.loss)
+                anchor.append(o.anchor)
+                policy.append(o.policy)
+                per_encoder.append(o.metrics)
+            else:
+                anchor.append((1 - token_cosine(mu, y)).mean(-1))
             aux += [x for x in (head.aux_loss(mu, ctx) for head in self.token_heads) if x is not None]
-        return self._reduce(w, anchor, policy, aux, per_encoder, metrics, encoders=len(mus))
+        if not run_policy:
+            loss = [cfg.anchor_coeff * _mean(anchor) if w is None else cfg.anchor_coeff * w * _mean(anchor)]
+        return self._reduce(w, loss, anchor, policy, aux, per_encoder, metrics, full=full)
 
-    def _reduce(self, w, anchor, policy, aux, per_encoder, metrics: Metrics, *, encoders: int) -> VRPOOutput:
+    def _reduce(self, w, loss, anchor, policy, aux, per_encoder, metrics: Metrics, *, full: bool) -> VRPOOutput:
         """The loss in one place: ``anchor_coeff * w * anchor + policy_coeff * policy + head losses``, per sample."""
-        cfg = self.config
-        loss_anchor = torch.stack(anchor).mean(0)
-        per_sample = cfg.anchor_coeff * w * loss_anchor
+        per_sample = _mean(loss)
         if policy:
-            loss_policy = torch.stack(policy).mean(0)
-            per_sample = per_sample + cfg.policy_coeff * loss_policy
-            metrics["loss_policy"] = loss_policy.mean().detach()
+            metrics["loss_policy"] = _mean(policy).mean()
             for key in per_encoder[0]:
-                metrics[key] = torch.stack([m[key] for m in per_encoder]).mean()
+                metrics[key] = _mean([m[key] for m in per_encoder])
         if aux:
-            loss_heads = torch.stack(aux).sum(0) / encoders
+            loss_heads = torch.stack(aux).sum(0) / len(anchor)
             per_sample = per_sample + loss_heads
-            metrics["loss_heads"] = loss_heads.mean().detach()
-        metrics["loss_anchor"] = loss_anchor.mean().detach()
+            metrics["loss_heads"] = loss_heads.mean()
+        metrics["loss_anchor"] = _mean(anchor).mean()
         metrics["cos"] = 1 - metrics["loss_anchor"]
-        metrics["weight/mean"] = w.mean()
-        return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics={k: v.detach() for k, v in metrics.items()})
+        if full:
+            metrics["weight/mean"] = w.mean() if w is not None else torch.ones((), device=per_sample.device)
+        return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample,
+                          metrics={k: v.detach() if v.requires_grad else v for k, v in metrics.items()})
+
+
+def _mean(xs: List[torch.Tensor]) -> torch.Tensor:
+    """Mean over encoders (no launch for one)."""
+    return xs[0] if len(xs) == 1 else torch.stack(xs).mean(0)

@@ -93,7 +93,8 @@ class VRPOConfig:
     # --- input handling and diagnostics
     resample_tokens: bool = _opt(False, "If the encoder's token grid differs from the features' grid, resample the targets bilinearly instead of raising.")
     validate: bool = _opt(True, "Check values (NaN/Inf, t in [0, 1]) with one host-device read per call, at its end (on a GPU it waits only for the flags); False removes it. Shape and dtype checks always run.")
-    diagnostics_every: int = _opt(1, "Compute the signal-fraction diagnostic (cosine of the policy term's gradient with REPA's) every this many steps; 0 never.")
+    metrics_every: int = _opt(10, "Compute the full metrics every this many training calls (steps 0, k, 2k, ...; every call in eval mode); the calls between report only loss_anchor, cos, loss_policy and rewards/<token head>/mean. With sample_weight=0 the sample-level stage (fidelity reward, its running statistics, adv/sample_std, weight/*) feeds only metrics and also runs on these steps only. 10: a host logging every 100 steps still averages 10 samples, and the per-step op count stays near REPA's (docs/performance.md); 1: every call.")
+    diagnostics_every: int = _opt(10, "Compute the signal-fraction diagnostic (cosine of the policy term's gradient with REPA's) every this many training calls (every call in eval mode); 0 never. 10, as metrics_every: it costs about 30 small ops per call (docs/performance.md).")
 
     def __post_init__(self) -> None:
         if isinstance(self.target_dims, int):
@@ -109,7 +110,7 @@ class VRPOConfig:
             raise ValueError(f"hidden_dim: expected a positive int or None (features already projected), got {self.hidden_dim!r}")
         ints = {"projector_dim": 1, "time_bins": 1, "perceptual_every": 1, "perceptual_subset": 1,
                 "decodability_patch": 1, "decodability_channels": 1, "decodability_hidden": 1,
-                "max_action_elements": 1, "sigma_decay_steps": 0, "diagnostics_every": 0}
+                "max_action_elements": 1, "sigma_decay_steps": 0, "diagnostics_every": 0, "metrics_every": 1}
         for name, low in ints.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
