@@ -27,7 +27,14 @@ the allocator's bookkeeping recorded by ``torch.profiler`` (``profile_memory=Tru
 running sum of the allocations and frees during one step, plus the bytes that persist across steps
 (parameters, optimizer state). Both count tensor memory, not the process's resident set.
 
+Operation counts (``--count-ops``; ``--count-only`` skips the timing): ``torch.profiler`` counts the
+ATen ops of the alignment module's forward and backward (projector inside, ``t`` and
+``denoise_loss`` passed) at each training step of one period of VRPO's metric schedule, for REPA
+and the VRPO arms; "top-level" ops (not called from inside another op) are the CPU's proxy for the
+kernel launches of a launch-bound GPU step. The counts do not depend on the batch size.
+
     python benchmarks/overhead.py                       # CPU, SiT-S/2 shapes, batch 8
+    python benchmarks/overhead.py --presets B/2 --batch 32 --count-only --arms repa vrpo nodiag
     python benchmarks/overhead.py --gpu-shapes          # GPU: SiT-B/2 and SiT-XL/2, batch 32, bf16
     python benchmarks/overhead.py --lpips-sweep 1 2 4 8 # per-call perceptual cost vs subset size
 """
@@ -354,19 +361,20 @@ def op_counts(args, hidden: int, batch: int, device, log=print) -> List[dict]:
                          by_name_max_step=per[tops.index(max(tops))]["by_name"]))
         if log:
             log(f"  ops {arm}: top-level {min(tops)}-{max(tops)} (mean {statistics.fmean(tops):.1f}) over {steps} steps")
-    ref = next((r for r in rows if r["arm"] == "repa"), None)
-    for r in rows:
+    by_arm = {r["arm"]: r for r in rows}
+    for r in rows:  # over REPA with the same validate setting
+        ref = by_arm.get("repa-novalidate" if r["arm"].endswith("-novalidate") else "repa")
         r["extra_top_mean"] = r["top_mean"] - ref["top_mean"] if ref else None
         r["extra_top_max"] = r["top_max"] - ref["top_max"] if ref else None
     return rows
 
 
 def ops_table(rows: List[dict]) -> str:
-    out = ["| arm | top-level ATen ops per step: min-max (mean) | over REPA: mean, metric step | all ATen ops: min-max (mean) |",
-           "|---|---|---|---|"]
+    out = ["| shapes | arm | top-level ATen ops per step: min-max (mean) | over REPA: mean, metric step | all ATen ops: min-max (mean) |",
+           "|---|---|---|---|---|"]
     for r in rows:
         extra = "-" if r["extra_top_mean"] is None else f"{r['extra_top_mean']:+.1f}, {r['extra_top_max']:+d}"
-        out.append(f"| {r['arm']} | {r['top_min']}-{r['top_max']} ({r['top_mean']:.1f}) | {extra} "
+        out.append(f"| SiT-{r['preset']} | {r['arm']} | {r['top_min']}-{r['top_max']} ({r['top_mean']:.1f}) | {extra} "
                    f"| {r['all_min']}-{r['all_max']} ({r['all_mean']:.1f}) |")
     return "\n".join(out)
 
@@ -406,7 +414,7 @@ def run(args, preset: str, batch: int, device, amp_dtype, log=print) -> List[dic
         q = statistics.quantiles(times[arm], n=4) if len(times[arm]) >= 2 else [med, med, med]
         row = dict(preset=preset, batch=batch, arm=arm, median_s=med, q1_s=q[0], q3_s=q[2], mean_s=statistics.fmean(times[arm]),
                    steps=len(times[arm]), time_ratio=med / ref_t if ref_t else None,
-                   wall_median_s=statistics.median(walls[arm]), wall_ratio=statistics.median(walls[arm]) / statistics.median(walls["repa"]) if ref_t else None)
+                   times_s=times[arm], wall_median_s=statistics.median(walls[arm]), wall_ratio=statistics.median(walls[arm]) / statistics.median(walls["repa"]) if ref_t else None)
         if peaks:
             row.update(peak_mib=peaks[arm] / 2**20, mem_ratio=peaks[arm] / ref_m if ref_m else None)
         rows.append(row)
@@ -564,7 +572,8 @@ def main(argv=None, log=print):
     if log:
         if ops:
             log(ops_table(ops))
-        log(table(rows))
+        if rows:
+            log(table(rows))
         if args.lpips_sweep:
             log("| subset | what | per call (ms) |\n|---|---|---|")
             for r in result["lpips"]:

@@ -7,7 +7,10 @@ in ``state_dict``), all-reduced across ranks when ``torch.distributed`` is initi
 normalises each sample's reward against its bin. Everything is vectorised (``index_add`` into the
 bins): no Python loop over bins and no host-device synchronisation. :func:`sample_weight` runs the
 stage: the heads' rewards, their normalised advantages (a weighted mean over heads), and
-:func:`bounded_sample_weight`.
+:func:`bounded_sample_weight`. At ``sample_weight=0`` (the default) the weights are one and the stage
+feeds only metrics, so :class:`~vrpo_loss.VRPOAlignment` runs it on its metric steps only
+(``metrics_every``): the running statistics then take in one batch in ``metrics_every``, an EMA of
+the same quantities over a sparser sample (unless a sample head was passed in ``heads=``).
 
 Token-level advantages (group-relative, GRPO) are pure functions: see
 :func:`vrpo_loss.functional.group_advantage` and :func:`~vrpo_loss.functional.candidate_advantage`.
