@@ -27,7 +27,14 @@ the allocator's bookkeeping recorded by ``torch.profiler`` (``profile_memory=Tru
 running sum of the allocations and frees during one step, plus the bytes that persist across steps
 (parameters, optimizer state). Both count tensor memory, not the process's resident set.
 
+Operation counts (``--count-ops``; ``--count-only`` skips the timing): ``torch.profiler`` counts the
+ATen ops of the alignment module's forward and backward (projector inside, ``t`` and
+``denoise_loss`` passed) at each training step of one period of VRPO's metric schedule, for REPA
+and the VRPO arms; "top-level" ops (not called from inside another op) are the CPU's proxy for the
+kernel launches of a launch-bound GPU step. The counts do not depend on the batch size.
+
     python benchmarks/overhead.py                       # CPU, SiT-S/2 shapes, batch 8
+    python benchmarks/overhead.py --presets B/2 --batch 32 --count-only --arms repa vrpo nodiag
     python benchmarks/overhead.py --gpu-shapes          # GPU: SiT-B/2 and SiT-XL/2, batch 32, bf16
     python benchmarks/overhead.py --lpips-sweep 1 2 4 8 # per-call perceptual cost vs subset size
 """
@@ -178,7 +185,7 @@ def lpips_net(device):
     return lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).to(device).eval().requires_grad_(False)
 
 
-def build_arms(args, hidden: int, device) -> Dict[str, Optional[nn.Module]]:
+def build_arms(args, hidden: int, device, compile_align: Optional[bool] = None) -> Dict[str, Optional[nn.Module]]:
     base = dict(hidden_dim=hidden, target_dims=(768,))
     extra = json.loads(args.vrpo_kw) if args.vrpo_kw else {}
     arms: Dict[str, Optional[nn.Module]] = {}
@@ -206,7 +213,7 @@ def build_arms(args, hidden: int, device) -> Dict[str, Optional[nn.Module]]:
     for m in arms.values():
         if m is not None:
             m.to(device)
-    if args.compile_align:
+    if args.compile_align if compile_align is None else compile_align:
         arms = {k: (torch.compile(m) if m is not None else None) for k, m in arms.items()}
     return arms
 
@@ -302,6 +309,76 @@ def peak_bytes(trainer: Trainer, arm: str) -> int:
     return trainer.persistent_bytes(arm) + peak
 
 
+# ----------------------------------------------------------------------------- operation counts
+def count_aten_ops(fn) -> dict:
+    """ATen operations of one call of ``fn`` (forward and backward both, if ``fn`` runs both), by ``torch.profiler``.
+
+    ``top``: ``aten::`` events whose CPU parent is not an ``aten::`` event (an op called from Python
+    or from an autograd node, not from inside another op): the proxy, on a CPU, for the kernel
+    launches of a launch-bound step. ``all``: every ``aten::`` event. ``by_name``: ``top`` per op name.
+    """
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    return dict(top=len(top), all=len(events), by_name=dict(Counter(e.name for e in top)))
+
+
+def count_period(align: nn.Module, inputs: tuple, steps: int) -> List[dict]:
+    """Op counts of ``align``'s forward and backward at training steps ``0 .. steps - 1`` (after one untimed warm-up call)."""
+    h, y, t, dl = inputs
+
+    def call():
+        align(h, y, t=t, denoise_loss=dl).loss.backward()
+
+    call()
+    align.step = 0
+    return [count_aten_ops(call) for _ in range(steps)]
+
+
+def op_counts(args, hidden: int, batch: int, device, log=print) -> List[dict]:
+    """Top-level and all ATen ops per training step of the alignment module alone (projector inside, ``t``
+    and ``denoise_loss`` passed), for REPA and the VRPO arms, over one period of VRPO's metric schedule."""
+    keep = {"repa", "vrpo", "vrpo-nodiag", "vrpo-novalidate", "repa-novalidate"}
+    arms = {k: m for k, m in build_arms(args, hidden, device, compile_align=False).items() if k in keep}
+    cfgs = [m.config for k, m in arms.items() if k.startswith("vrpo")]
+    steps = max([math.lcm(c.metrics_every, max(1, c.diagnostics_every)) for c in cfgs] or [1])
+    g = torch.Generator().manual_seed(args.seed)
+    tokens = 256  # SD-VAE latents 32 x 32, patch 2
+    inputs = (torch.randn(batch, tokens, hidden, generator=g).to(device).requires_grad_(True),
+              torch.randn(batch, tokens, 768, generator=g).to(device), torch.rand(batch, generator=g).to(device),
+              torch.rand(batch, generator=g).to(device))
+    rows = []
+    for arm, align in arms.items():
+        per = count_period(align, inputs, steps)
+        tops, alls = [c["top"] for c in per], [c["all"] for c in per]
+        rows.append(dict(arm=arm, steps=steps, top_mean=statistics.fmean(tops), top_min=min(tops), top_max=max(tops),
+                         all_mean=statistics.fmean(alls), all_min=min(alls), all_max=max(alls), by_step=tops,
+                         by_name_max_step=per[tops.index(max(tops))]["by_name"]))
+        if log:
+            log(f"  ops {arm}: top-level {min(tops)}-{max(tops)} (mean {statistics.fmean(tops):.1f}) over {steps} steps")
+    by_arm = {r["arm"]: r for r in rows}
+    for r in rows:  # over REPA with the same validate setting
+        ref = by_arm.get("repa-novalidate" if r["arm"].endswith("-novalidate") else "repa")
+        r["extra_top_mean"] = r["top_mean"] - ref["top_mean"] if ref else None
+        r["extra_top_max"] = r["top_max"] - ref["top_max"] if ref else None
+    return rows
+
+
+def ops_table(rows: List[dict]) -> str:
+    out = ["| shapes | arm | top-level ATen ops per step: min-max (mean) | over REPA: mean, metric step | all ATen ops: min-max (mean) |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        extra = "-" if r["extra_top_mean"] is None else f"{r['extra_top_mean']:+.1f}, {r['extra_top_max']:+d}"
+        out.append(f"| SiT-{r['preset']} | {r['arm']} | {r['top_min']}-{r['top_max']} ({r['top_mean']:.1f}) | {extra} "
+                   f"| {r['all_min']}-{r['all_max']} ({r['all_mean']:.1f}) |")
+    return "\n".join(out)
+
+
 def run(args, preset: str, batch: int, device, amp_dtype, log=print) -> List[dict]:
     torch.manual_seed(args.seed)
     shape = PRESETS[preset]
@@ -337,7 +414,7 @@ def run(args, preset: str, batch: int, device, amp_dtype, log=print) -> List[dic
         q = statistics.quantiles(times[arm], n=4) if len(times[arm]) >= 2 else [med, med, med]
         row = dict(preset=preset, batch=batch, arm=arm, median_s=med, q1_s=q[0], q3_s=q[2], mean_s=statistics.fmean(times[arm]),
                    steps=len(times[arm]), time_ratio=med / ref_t if ref_t else None,
-                   wall_median_s=statistics.median(walls[arm]), wall_ratio=statistics.median(walls[arm]) / statistics.median(walls["repa"]) if ref_t else None)
+                   times_s=times[arm], wall_median_s=statistics.median(walls[arm]), wall_ratio=statistics.median(walls[arm]) / statistics.median(walls["repa"]) if ref_t else None)
         if peaks:
             row.update(peak_mib=peaks[arm] / 2**20, mem_ratio=peaks[arm] / ref_m if ref_m else None)
         rows.append(row)
@@ -452,6 +529,9 @@ def parse(argv=None):
                    help="decoder of the perceptual head: a small conv stand-in, or SD-VAE's decoder (needs diffusers; random weights, same cost)")
     p.add_argument("--lpips-sweep", type=int, nargs="*", default=None, help="also time the perceptual head per call for these subset sizes")
     p.add_argument("--lpips-reps", type=int, default=3)
+    p.add_argument("--count-ops", action="store_true",
+                   help="also count the ATen ops of the alignment module's forward and backward per step (REPA and VRPO arms; torch.profiler)")
+    p.add_argument("--count-only", action="store_true", help="count the ops, skip the timing (implies --count-ops)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args(argv)
@@ -478,14 +558,22 @@ def main(argv=None, log=print):
     if log:
         log(f"machine: {machine(device)}")
         log(f"command: python benchmarks/overhead.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    rows = []
+    rows, ops = [], []
     for preset in args.presets:
-        rows += run(args, preset, args.batch, device, amp_dtype, log=log)
+        if args.count_ops or args.count_only:
+            ops += [dict(preset=preset, batch=args.batch, **r) for r in op_counts(args, PRESETS[preset]["hidden"], args.batch, device, log=log)]
+        if not args.count_only:
+            rows += run(args, preset, args.batch, device, amp_dtype, log=log)
     result = {"machine": machine(device), "rows": rows}
+    if ops:
+        result["ops"] = ops
     if args.lpips_sweep:
         result["lpips"] = lpips_sweep(args, device, amp_dtype, log=log)
     if log:
-        log(table(rows))
+        if ops:
+            log(ops_table(ops))
+        if rows:
+            log(table(rows))
         if args.lpips_sweep:
             log("| subset | what | per call (ms) |\n|---|---|---|")
             for r in result["lpips"]:

@@ -301,13 +301,14 @@ def test_torch_compile_without_recompiles(backend):
 
     torch._dynamo.reset()
     torch.manual_seed(4)
-    model, align = _Model(), _align(adaptive_terminate=True)
+    # metrics every 2 calls: one graph for a metric call, one for the others, each compiled once
+    model, align = _Model(), _align(adaptive_terminate=True, metrics_every=2, diagnostics_every=2)
     eager = copy.deepcopy(align)
     compiled = torch.compile(align, backend=backend)
-    batches = _batches(5)
-    _train(model, compiled, batches[:1])
+    batches = _batches(6)
+    _train(model, compiled, batches[:2])
     with torch._dynamo.config.patch(error_on_recompile=True):
-        got = _train(model, compiled, batches[1:])
+        got = _train(model, compiled, batches[2:])
     want = _train(model, eager, batches)
     for k, v in eager.adaptive.state_dict().items():
         if k != "_extra_state":

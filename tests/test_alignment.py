@@ -238,15 +238,20 @@ def test_torch_compile_does_not_recompile_as_the_step_advances(validate):
     # training call would recompile (until dynamo's cache limit sends the module back to eager).
     import torch._dynamo
 
+    # The metric schedule gives two graphs, a metric step (step 0) and an off step (step 1), each compiled
+    # once; after them, two more periods (metric steps included) run without a recompilation.
     torch._dynamo.reset()
     align = VRPOAlignment(hidden_dim=None, target_dims=(8,), validate=validate)
+    every = align.config.metrics_every
+    assert every > 1 and align.config.diagnostics_every == every
     compiled = torch.compile(align, backend="eager")
     y = torch.randn(B, N, 8)
-    compiled(torch.randn(B, N, 8, requires_grad=True), y, t=torch.rand(B)).loss.backward()
+    for _ in range(2):
+        compiled(torch.randn(B, N, 8, requires_grad=True), y, t=torch.rand(B)).loss.backward()
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for _ in range(3):
+        for _ in range(2 * every):
             compiled(torch.randn(B, N, 8, requires_grad=True), y, t=torch.rand(B)).loss.backward()
-    assert align.step == 4
+    assert align.step == 2 + 2 * every
 
 
 class _StepReader(RewardHead):
@@ -304,3 +309,34 @@ def test_loss_and_gradient_always_finite(policy, scale, tscale, weight, same_t):
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(feats.grad).all()
     assert all(torch.isfinite(v) for v in out.metrics.values())
+
+
+EVERY_STEP_KEYS = {"loss_anchor", "cos", "loss_policy", "rewards/semantic/mean"}
+
+
+def test_metrics_every_full_metrics_on_its_steps_same_losses_on_all():
+    """Full metrics at steps 0, k, 2k (and in eval mode), the loss terms and reward means between;
+    the losses and gradients do not depend on the schedule."""
+    kw = dict(hidden_dim=None, target_dims=(8,), metrics_every=3, diagnostics_every=3)
+    a, every = VRPOAlignment(**kw), VRPOAlignment(**{**kw, "metrics_every": 1, "diagnostics_every": 1})
+    for step in range(7):
+        feats, y, t, dl = torch.randn(B, N, 8, requires_grad=True), torch.randn(B, N, 8), torch.rand(B), torch.rand(B)
+        out, want = a(feats, y, t=t, denoise_loss=dl), every(feats, y, t=t, denoise_loss=dl)
+        assert set(want.metrics) > EVERY_STEP_KEYS | {"signal_frac", "kl", "adv/sample_std", "rewards/fidelity/mean"}
+        assert set(out.metrics) == (set(want.metrics) if step % 3 == 0 else EVERY_STEP_KEYS)
+        for k in out.metrics:  # the sample advantage reads running statistics that took fewer batches after step 0
+            if k != "adv/sample_std" or step == 0:
+                torch.testing.assert_close(out.metrics[k], want.metrics[k], msg=k)
+        torch.testing.assert_close(out.per_sample, want.per_sample)
+        torch.testing.assert_close(torch.autograd.grad(out.loss, feats)[0], torch.autograd.grad(want.loss, feats)[0])
+    a.eval()
+    assert a.step == 7 and set(a(feats, y, t=t, denoise_loss=dl).metrics) == set(want.metrics)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_running_statistics_take_batches_on_metric_steps_only_when_unused(weight):
+    a = VRPOAlignment(hidden_dim=None, target_dims=(8,), sample_weight=weight, metrics_every=3)
+    for _ in range(7):
+        a(torch.randn(B, N, 8), torch.randn(B, N, 8), t=torch.rand(B), denoise_loss=torch.rand(B))
+    calls = 7 if weight else 3  # steps 0, 3, 6
+    assert a.normalizer.count.sum() == calls * B

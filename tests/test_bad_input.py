@@ -88,6 +88,7 @@ def valid_options(draw):
         time_weight=pick("uniform", "sigmoid"), time_weight_center=f(0.0, 1.0), time_weight_sharpness=f(1e-2, 50.0),
         stop_step=stop, stop_ramp=draw(st.integers(0, stop)) if stop else 0, structure_coeff=pick(0.0, f(0.0, 5.0)),
         resample_tokens=draw(st.booleans()), validate=draw(st.booleans()), diagnostics_every=draw(st.integers(0, 3)),
+        metrics_every=draw(st.integers(1, 3)),
         adaptive=adaptive, adaptive_gain=f(0.1, 5.0), adaptive_min=f(0.0, 1.0), adaptive_max=f(1.0, 5.0),
         adaptive_momentum=f(1e-3, 1.0), adaptive_terminate=adaptive != "none" and draw(st.booleans()),
     )
@@ -145,7 +146,7 @@ INVALID = {
     "projector_dim": (_ints(1), {}), "time_bins": (_ints(1), {}), "perceptual_every": (_ints(1), {}),
     "perceptual_subset": (_ints(1), {}), "decodability_patch": (_ints(1), {}), "decodability_channels": (_ints(1), {}),
     "decodability_hidden": (_ints(1), {}), "max_action_elements": (_ints(1), {}), "sigma_decay_steps": (_ints(0), {}),
-    "diagnostics_every": (_ints(0), {}), "stop_ramp": (_ints(0) + [5], {"stop_step": 4}),
+    "diagnostics_every": (_ints(0), {}), "metrics_every": (_ints(1), {}), "stop_ramp": (_ints(0) + [5], {"stop_step": 4}),
     "stop_step": (_ints(0, optional=True), {}), "group_size": (_ints(1) + [3], {"policy": "gaussian"}),
     "projector_kernel": (_ints(1) + [2, 4], {}), "token_grid": ([(2,), (2, 0), (2.0, 2), "2x2", 4, (2, 2, 1)], {"projector": "conv", "hidden_dim": 6}),
     "antithetic": (BOOL, {}), "control_variate": (BOOL, {}), "learn_sigma": (BOOL, {}), "resample_tokens": (BOOL, {}),

@@ -59,3 +59,24 @@ def test_sd_vae_decoder_has_sd_vae_architecture(overhead):
     with torch.no_grad():
         img = dec(torch.randn(1, 4, 8, 8))
     assert img.shape == (1, 3, 64, 64) and img.abs().max() <= 1
+
+
+def test_count_aten_ops_counts_top_level_and_nested_ops(overhead):
+    import torch
+
+    x = torch.randn(4, 5)
+    got = overhead.count_aten_ops(lambda: (x * 2 + 1).sum())
+    assert got["top"] == 3 and got["by_name"] == {"aten::mul": 1, "aten::add": 1, "aten::sum": 1}
+    nested = overhead.count_aten_ops(lambda: torch.nn.functional.normalize(x, dim=-1))  # norm, clamp_min, expand_as, div
+    assert nested["top"] == 4 and nested["all"] > nested["top"]
+
+
+def test_vrpo_adds_at_most_60_ops_over_repa_at_defaults(overhead):
+    """Deterministic: the alignment module's forward and backward per training step, REPA against VRPO's defaults,
+    at every step of one period of the metric schedule (the counts do not depend on the shapes)."""
+    args = overhead.parse(["--presets", "tiny", "--batch", "2", "--arms", "repa", "vrpo"])
+    rows = {r["arm"]: r for r in overhead.op_counts(args, 64, 2, "cpu", log=None)}
+    assert rows["vrpo"]["steps"] == 10 and rows["repa"]["top_min"] == rows["repa"]["top_max"]
+    assert rows["vrpo"]["extra_top_mean"] <= 60  # mean over the period
+    assert rows["vrpo"]["top_min"] - rows["repa"]["top_min"] <= 60  # every off step
+    assert rows["vrpo"]["top_max"] > rows["vrpo"]["top_min"]  # the metric step does the full metrics

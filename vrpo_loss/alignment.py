@@ -20,7 +20,7 @@ Example (REPA's ``loss.py``)::
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,13 +33,12 @@ from .output import VRPOOutput
 from .peers import connected_zero, peer_terms, stop_factor, zscore_tokens
 from .policies import policy_from_config
 from .projector import build_projector
+from .reduction import Metrics, encoder_mean, reduce_terms
 from .rewards import RewardContext, RewardHead, heads_from_config
 from .validation import as_list, check_input_values, check_inputs, check_optional
 from .weighting import TimeBinnedNormalizer, sample_weight
 
 __all__ = ["VRPOAlignment", "VRPOOutput"]
-
-Metrics = Dict[str, torch.Tensor]
 
 
 def _resolve_config(config: Optional[VRPOConfig], kwargs: dict) -> VRPOConfig:
@@ -102,6 +101,7 @@ class VRPOAlignment(nn.Module):
         token_heads, sample_heads = heads_from_config(cfg, heads, decode=decode, perceptual_net=perceptual_net)
         self.token_heads = nn.ModuleList(token_heads)
         self.sample_heads = nn.ModuleList(sample_heads)
+        self._user_sample_heads = any(h.level == "sample" for h in heads)  # their rewards may be read elsewhere
         if cfg.mode == "vrpo" and cfg.policy_coeff > 0 and not token_heads:
             raise ValueError("policy_coeff: the policy term needs a token-level reward head (semantic_weight > 0, "
                              f"decodability_weight > 0 or a token head in heads=), got none with policy_coeff={cfg.policy_coeff}; "
@@ -146,12 +146,13 @@ class VRPOAlignment(nn.Module):
         ctx = RewardContext(t=t, denoise_loss=denoise_loss, x0_pred=x0_pred, x0=x0)
         scale = None if cfg.stop_step is None else self._stop_scale(features[0].device)
         commit = None if check is None else check.ok
+        when = self._schedule() if cfg.mode == "vrpo" else None  # (metrics, diagnostics) this call
         if scale is not None and scale[0]:  # terminated (HASTE): an exact, connected zero; no alignment work
             out = self._zero(features, {"stop_scale": scale[1]})
         elif features[0].shape[0] == 0:
-            out = self._empty(features, targets, ctx, commit)
+            out = self._empty(features, targets, ctx, commit, when)
         else:
-            out = self._align(features, targets, ctx, commit, None if scale is None else scale[1])
+            out = self._align(features, targets, ctx, commit, None if scale is None else scale[1], when)
         if check is not None:
             check.finish()  # raises on a bad input; the statistics were not updated (masked by check.ok)
         if self.training:
@@ -159,7 +160,7 @@ class VRPOAlignment(nn.Module):
         return out
 
     def _align(self, features, targets, ctx: RewardContext, commit: Optional[torch.Tensor],
-               scale: Optional[torch.Tensor]) -> VRPOOutput:
+               scale: Optional[torch.Tensor], when: Optional[Tuple[bool, bool]]) -> VRPOOutput:
         """Project, prepare the targets, the adaptive strength, the mode's loss, then the peer terms
         (structure, time weight, ramp)."""
         cfg = self.config
@@ -176,7 +177,7 @@ class VRPOAlignment(nn.Module):
                 per_sample = per_sample if strength is None else per_sample * strength
             else:
                 ctx = dataclasses.replace(ctx, step=self._step_if_read())
-                out = self._vrpo(mus, ys, ctx, commit, strength)
+                out = self._vrpo(mus, ys, ctx, commit, strength, *when)
                 per_sample, metrics = out.per_sample, out.metrics
             per_sample, extra = peer_terms(per_sample, mus, ys, ctx.t, cfg, scale)
         return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics={**metrics, **adaptive, **extra})
@@ -186,7 +187,8 @@ class VRPOAlignment(nn.Module):
         zero = connected_zero(features, self.parameters())
         return VRPOOutput(loss=zero.sum(), per_sample=zero, metrics=metrics)
 
-    def _empty(self, features, targets, ctx: RewardContext, commit: Optional[torch.Tensor]) -> VRPOOutput:
+    def _empty(self, features, targets, ctx: RewardContext, commit: Optional[torch.Tensor],
+               when: Optional[Tuple[bool, bool]]) -> VRPOOutput:
         """An empty batch (B = 0; a DDP rank without samples): the connected zero of :meth:`_zero`.
 
         In ``mode="vrpo"`` the sample-level stage, and in both modes the adaptive strength, still run
@@ -199,7 +201,7 @@ class VRPOAlignment(nn.Module):
             self.adaptive.attach(features, ctx.t)  # checks t (no probe: nothing is projected)
             ys = self._prepare_targets(targets)
             self.adaptive(ys, ys, ctx.t, commit)
-        if cfg.mode == "vrpo":
+        if cfg.mode == "vrpo" and self._sample_stage_runs(when[0]):  # as on the other ranks this call
             self._check_heads(features, ctx)
             ctx = dataclasses.replace(ctx, step=self._step_if_read())
             sample_weight(list(self.sample_heads), self.normalizer, ctx, batch=0, device=features[0].device,
@@ -241,47 +243,50 @@ class VRPOAlignment(nn.Module):
         # and recompile every call. It counts training calls in both modes (``stop_step`` reads it).
         self.step += 1
 
-    def _diagnostics_now(self) -> bool:
-        every = self.config.diagnostics_every
-        return every == 1 or (every > 1 and self.step % every == 0)
+    @torch.compiler.disable
+    def _schedule(self) -> Tuple[bool, bool]:
+        # Whether this call computes the full metrics and the diagnostic (every call in eval mode). Eager
+        # under torch.compile: the traced code sees two booleans, so it compiles one graph per
+        # combination, once, and does not guard on the step.
+        c = self.config
+        if not self.training:
+            return True, c.diagnostics_every > 0
+        return self.step % c.metrics_every == 0, c.diagnostics_every > 0 and self.step % c.diagnostics_every == 0
 
-    def _vrpo(self, mus, ys, base: RewardContext, commit: Optional[torch.Tensor],
-              strength: Optional[torch.Tensor] = None) -> VRPOOutput:
+    def _sample_stage_runs(self, full: bool) -> bool:
+        # At sample_weight 0 the built-in heads' stage feeds only metrics: it runs on metric steps only.
+        # The same on every rank (the step is), so the statistics' all-reduce stays matched.
+        cfg = self.config
+        return bool(self.sample_heads) and (cfg.sample_weight != 0 or full or self._user_sample_heads)
+
+    def _vrpo(self, mus, ys, base: RewardContext, commit: Optional[torch.Tensor], strength: Optional[torch.Tensor],
+              full: bool, diag: bool) -> VRPOOutput:
         cfg = self.config
         metrics: Metrics = {}
         self._check_heads(mus, base)
-        w = sample_weight(list(self.sample_heads), self.normalizer, base, batch=mus[0].shape[0], device=mus[0].device,
-                          strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max, commit=commit, metrics=metrics)
-        w = w if strength is None else w * strength  # the adaptive per-bin strength scales policy and anchor terms
+        w = None  # weight one
+        if self._sample_stage_runs(full):
+            w = sample_weight(list(self.sample_heads), self.normalizer, base, batch=mus[0].shape[0], device=mus[0].device,
+                              strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max, commit=commit,
+                              metrics=metrics if full else None)
+            w = w if cfg.sample_weight != 0 else None
+        if strength is not None:  # the adaptive per-bin strength scales policy and anchor terms
+            w = strength if w is None else w * strength
         run_policy = cfg.policy_coeff > 0  # False: no policy work at all
-        diagnostics = run_policy and self._diagnostics_now()
-        anchor, policy, aux, per_encoder = [], [], [], []
+        loss, anchor, policy, aux, per_encoder = [], [], [], [], []
         for e, (mu, y) in enumerate(zip(mus, ys)):
             ctx = dataclasses.replace(base, targets=y, encoder=e)
-            anchor.append((1 - token_cosine(mu, y)).mean(-1))
             if run_policy:
-                pg, m = self.policy.term(mu, ctx, list(self.token_heads), w, diagnostics=diagnostics)
-                policy.append(pg)
-                per_encoder.append(m)
+                o = self.policy.objective(mu, ctx, list(self.token_heads), w, anchor_coeff=cfg.anchor_coeff,
+                                          policy_coeff=cfg.policy_coeff, diagnostics=diag, metrics=full)
+                loss.append(o.loss)
+                anchor.append(o.anchor)
+                policy.append(o.policy)
+                per_encoder.append(o.metrics)
+            else:
+                anchor.append((1 - token_cosine(mu, y)).mean(-1))
             aux += [x for x in (head.aux_loss(mu, ctx) for head in self.token_heads) if x is not None]
-        return self._reduce(w, anchor, policy, aux, per_encoder, metrics, encoders=len(mus))
+        if not run_policy:
+            loss = [cfg.anchor_coeff * encoder_mean(anchor) if w is None else cfg.anchor_coeff * w * encoder_mean(anchor)]
+        return reduce_terms(w, loss, anchor, policy, aux, per_encoder, metrics, full=full)
 
-    def _reduce(self, w, anchor, policy, aux, per_encoder, metrics: Metrics, *, encoders: int) -> VRPOOutput:
-        """The loss in one place: ``anchor_coeff * w * anchor + policy_coeff * policy + head losses``, per sample."""
-        cfg = self.config
-        loss_anchor = torch.stack(anchor).mean(0)
-        per_sample = cfg.anchor_coeff * w * loss_anchor
-        if policy:
-            loss_policy = torch.stack(policy).mean(0)
-            per_sample = per_sample + cfg.policy_coeff * loss_policy
-            metrics["loss_policy"] = loss_policy.mean().detach()
-            for key in per_encoder[0]:
-                metrics[key] = torch.stack([m[key] for m in per_encoder]).mean()
-        if aux:
-            loss_heads = torch.stack(aux).sum(0) / encoders
-            per_sample = per_sample + loss_heads
-            metrics["loss_heads"] = loss_heads.mean().detach()
-        metrics["loss_anchor"] = loss_anchor.mean().detach()
-        metrics["cos"] = 1 - metrics["loss_anchor"]
-        metrics["weight/mean"] = w.mean()
-        return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics={k: v.detach() for k, v in metrics.items()})

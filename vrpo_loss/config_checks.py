@@ -171,6 +171,7 @@ FIELDS: Dict[str, Callable[[str, Any], Any]] = {
     "resample_tokens": Bool(),
     "validate": Bool(),
     "diagnostics_every": Int(0, hint="0 never"),
+    "metrics_every": Int(1, hint="1: every call"),
     "adaptive": Choice(ADAPTIVE_CHOICES),
     "adaptive_gain": _NONNEG,
     "adaptive_min": _NONNEG,

@@ -7,7 +7,10 @@ in ``state_dict``), all-reduced across ranks when ``torch.distributed`` is initi
 normalises each sample's reward against its bin. Everything is vectorised (``index_add`` into the
 bins): no Python loop over bins and no host-device synchronisation. :func:`sample_weight` runs the
 stage: the heads' rewards, their normalised advantages (a weighted mean over heads), and
-:func:`bounded_sample_weight`.
+:func:`bounded_sample_weight`. At ``sample_weight=0`` (the default) the weights are one and the stage
+feeds only metrics, so :class:`~vrpo_loss.VRPOAlignment` runs it on its metric steps only
+(``metrics_every``): the running statistics then take in one batch in ``metrics_every``, an EMA of
+the same quantities over a sparser sample (unless a sample head was passed in ``heads=``).
 
 Token-level advantages (group-relative, GRPO) are pure functions: see
 :func:`vrpo_loss.functional.group_advantage` and :func:`~vrpo_loss.functional.candidate_advantage`.
@@ -156,8 +159,9 @@ def bounded_sample_weight(advantage: torch.Tensor, *, strength: float, w_min: fl
 
 
 def sample_rewards(heads: Sequence[RewardHead], ctx: RewardContext, batch: int, device,
-                   metrics: Dict[str, torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """Each head's detached reward and mask (zeros and all-False when it has nothing to say); reports the means.
+                   metrics: Optional[Dict[str, torch.Tensor]]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Each head's detached reward and mask (zeros and all-False when it has nothing to say); reports the means
+    (unless ``metrics`` is None).
 
     Shape:
         Output: two lists, one (B,) tensor per head.
@@ -171,8 +175,10 @@ def sample_rewards(heads: Sequence[RewardHead], ctx: RewardContext, batch: int, 
             continue
         r, m = got
         r = r.detach().float().reshape(batch)
-        m = torch.ones(batch, dtype=torch.bool, device=device) if m is None else m.reshape(batch)
-        metrics[f"rewards/{head.name}/mean"] = (r * m).sum() / m.sum().clamp_min(1)
+        masked = m is not None
+        m = m.reshape(batch) if masked else torch.ones(batch, dtype=torch.bool, device=device)
+        if metrics is not None:
+            metrics[f"rewards/{head.name}/mean"] = (r * m).sum() / m.sum().clamp_min(1) if masked else r.mean()
         rewards.append(r)
         masks.append(m)
     return rewards, masks
@@ -180,7 +186,7 @@ def sample_rewards(heads: Sequence[RewardHead], ctx: RewardContext, batch: int, 
 
 def sample_weight(
     heads: Sequence[RewardHead], normalizer: TimeBinnedNormalizer, ctx: RewardContext, *, batch: int, device,
-    strength: float, w_min: float, w_max: float, commit: Optional[torch.Tensor], metrics: Dict[str, torch.Tensor],
+    strength: float, w_min: float, w_max: float, commit: Optional[torch.Tensor], metrics: Optional[Dict[str, torch.Tensor]],
 ) -> torch.Tensor:
     """The per-sample weights ``w_b`` (detached); in training mode the running statistics take the batch in.
 
@@ -189,7 +195,7 @@ def sample_weight(
         strength, w_min, w_max: as :func:`bounded_sample_weight` (strength 0: weight one).
         commit: 0-dim bool on the device (the value check's verdict), or None; see
             :meth:`TimeBinnedNormalizer.forward`.
-        metrics: where the stage's metrics are written.
+        metrics: where the stage's metrics are written (None: none are computed).
 
     Shape:
         ctx.t: (B,) or None. Output: (B,).
@@ -201,9 +207,11 @@ def sample_weight(
     adv = normalizer(r, m, ctx.t, commit=commit)  # (H, B)
     hw = torch.stack([h.weight * mk.float() for h, mk in zip(heads, m)])
     a = (hw * adv).sum(0) / hw.sum(0).clamp_min(1e-12)
-    metrics["adv/sample_std"] = a.std() if batch > 1 else torch.zeros((), device=device)
+    if metrics is not None:
+        metrics["adv/sample_std"] = a.std() if batch > 1 else torch.zeros((), device=device)
     if strength == 0 or batch == 0:  # batch 0: the statistics' all-reduce was entered above, no weights to bound
         return torch.ones(batch, device=device)
     w = bounded_sample_weight(a, strength=strength, w_min=w_min, w_max=w_max)
-    metrics["weight/min"], metrics["weight/max"] = w.min(), w.max()
+    if metrics is not None:
+        metrics["weight/min"], metrics["weight/max"] = w.min(), w.max()
     return w.detach()

@@ -174,7 +174,7 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
 
     record = {"arm": arm.label, "mode": arm.mode, "coeff": arm.coeff, "kwargs": arm.kwargs, "seed": seed,
               "evals": [], "metrics": {}}
-    sums, count, train_time, diag, diag_n = {}, 0, 0.0, {}, 0
+    sums, counts, train_time, diag, diag_n = {}, {}, 0.0, {}, 0
     perm, pos = torch.randperm(len(x_all), generator=g), 0
     for step in range(1, cfg.steps + 1):
         if pos + cfg.batch > len(perm):
@@ -214,7 +214,7 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
             for k, val in out.metrics.items():
                 if torch.is_tensor(val) and val.numel() == 1:
                     sums[k] = sums.get(k, 0.0) + float(val)
-            count += 1
+                    counts[k] = counts.get(k, 0) + 1  # a key averages over the steps that report it (metrics_every)
         if progress is not None:
             progress.update(1)
         if step in cfg.eval_at:
@@ -231,6 +231,6 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
     record["step_ms"] = 1000 * train_time / cfg.steps
     record["wall_s"] = time.perf_counter() - start  # training, diagnostics and evaluation
     record["cpu_s"] = time.process_time() - cpu_start  # the same in CPU time (core-seconds), whatever the load
-    record["metrics"] = {k: s / max(count, 1) for k, s in sums.items()}
+    record["metrics"] = {k: s / counts[k] for k, s in sums.items()}
     record["metrics"].update({k: s / diag_n for k, s in diag.items()} if diag_n else {})
     return record

@@ -16,18 +16,28 @@ REPA: Yu et al., "Representation Alignment for Generation", ICLR 2025 (github si
 
 from .advantage import candidate_advantage, group_advantage
 from .core import repa_projection_loss, resample_grid, tangent, token_cosine
-from .correspondence import correspondence_log_probs, correspondence_surrogate, with_gradient
+from .correspondence import (
+    correspondence_log_probs,
+    correspondence_logits,
+    correspondence_objective,
+    correspondence_surrogate,
+    normalize_backward,
+    with_gradient,
+)
 from .diagnostics import signal_fraction
 from .gaussian import gaussian_semantic_cosine, gaussian_statistics, gaussian_surrogate
 
 __all__ = [
     "candidate_advantage",
     "correspondence_log_probs",
+    "correspondence_logits",
+    "correspondence_objective",
     "correspondence_surrogate",
     "gaussian_semantic_cosine",
     "gaussian_statistics",
     "gaussian_surrogate",
     "group_advantage",
+    "normalize_backward",
     "repa_projection_loss",
     "resample_grid",
     "signal_fraction",

@@ -77,22 +77,24 @@ def candidate_advantage(
     eps: float = 1e-4,
     clip: Optional[float] = None,
     zero_std_atol: float = 1e-8,
+    mean: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-relative advantage over enumerated candidates, with moments taken exactly under ``probs``.
 
     The group of a token is the set of its candidates; its mean and std are expectations under the
-    policy, so no sampling is involved.
+    policy, so no sampling is involved. ``mean``: ``E_pi[r]`` (keepdim) when the caller has it.
 
     Shape:
-        rewards, probs: (..., K) with ``probs`` summing to 1 over K. Output: (..., K) and (...).
+        rewards, probs: (..., K) with ``probs`` summing to 1 over K; mean: (..., 1). Output: (..., K) and (...).
     """
-    mean = (probs * rewards).sum(-1, keepdim=True)
+    if mean is None:
+        mean = (probs * rewards).sum(-1, keepdim=True)
     centred = rewards - mean
     var = (probs * centred.pow(2)).sum(-1, keepdim=True)
     std = var.clamp_min(0).sqrt()
-    zero_std = std.squeeze(-1) <= zero_std_atol
+    zero = std <= zero_std_atol
 
     def batch_std():
         return (probs * (rewards - mean.mean()).pow(2)).sum(-1).mean().clamp_min(0).sqrt()
 
-    return _scaled(centred, std, batch_std, zero_std.unsqueeze(-1), scale, eps, clip), zero_std
+    return _scaled(centred, std, batch_std, zero, scale, eps, clip), zero.squeeze(-1)

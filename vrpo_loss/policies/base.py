@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
+from ..functional import token_cosine
 from ..rewards import RewardContext, RewardHead
 
-__all__ = ["Policy", "Metrics", "weighted_rewards"]
+__all__ = ["Policy", "Metrics", "Objective", "weighted_rewards", "every_step_metrics"]
 
 Metrics = Dict[str, torch.Tensor]
+
+
+class Objective(NamedTuple):
+    """What :meth:`Policy.objective` returns for one encoder.
+
+    Attributes:
+        loss: (B,) ``anchor_coeff * w_b * anchor_b + policy_coeff * policy_b``, with gradient on ``mu``.
+        anchor: (B,) detached ``mean_i (1 - cos(mu_i, y_i))``; policy: (B,) detached policy term (with ``w``).
+        metrics: detached scalars.
+    """
+
+    loss: torch.Tensor
+    anchor: torch.Tensor
+    policy: torch.Tensor
+    metrics: Dict[str, torch.Tensor]
+
+
+def every_step_metrics(metrics: Metrics) -> Metrics:
+    """The policy metrics reported on every call: ``rewards/<token head>/mean`` (and ``signal_frac`` when computed)."""
+    return {k: v for k, v in metrics.items() if k.startswith("rewards/") or k == "signal_frac"}
 
 
 class Policy(nn.Module):
@@ -41,6 +62,26 @@ class Policy(nn.Module):
         """
         raise NotImplementedError
 
+    def objective(
+        self, mu: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead], weight: Optional[torch.Tensor], *,
+        anchor_coeff: float, policy_coeff: float, diagnostics: bool, metrics: bool,
+    ) -> Objective:
+        """The anchor and the policy term of one encoder, per sample (a family may fuse the two).
+
+        Args:
+            weight: (B,) per-sample weights, or None for weight one.
+            metrics: compute every metric; False: only :func:`every_step_metrics`' keys.
+            Others as :meth:`term`, plus the coefficients of the two terms.
+
+        Shape:
+            mu: (B, N, C); ctx.targets: (B, N, C) unit. Output: :class:`Objective` of (B,) tensors.
+        """
+        w = torch.ones(mu.shape[0], device=mu.device, dtype=mu.dtype) if weight is None else weight
+        pg, m = self.term(mu, ctx, heads, w, diagnostics=diagnostics)
+        anchor = (1 - token_cosine(mu, ctx.targets)).mean(-1)
+        loss = anchor_coeff * w * anchor + policy_coeff * pg
+        return Objective(loss, anchor.detach(), pg.detach(), m if metrics else every_step_metrics(m))
+
 
 def weighted_rewards(
     heads: Sequence[RewardHead], reward: Callable[[RewardHead], torch.Tensor], *, cast: bool = True
@@ -53,9 +94,10 @@ def weighted_rewards(
     total, each = None, {}
     for head in heads:
         r = reward(head)
-        r = r.float() if cast else r
+        r = r.float() if cast and r.dtype != torch.float32 else r
         each[head.name] = r
-        total = head.weight * r if total is None else total + head.weight * r
+        term = r if head.weight == 1 else head.weight * r  # no launch for a multiplication by one
+        total = term if total is None else total + term
     if total is None:
         raise ValueError("heads: the policy term needs at least one token-level reward head with weight > 0 (e.g. semantic_weight=1)")
     return total, each

@@ -14,12 +14,12 @@ import torch
 from ..config import VRPOConfig
 from ..functional import (
     candidate_advantage,
-    correspondence_log_probs,
-    correspondence_surrogate,
+    correspondence_logits,
+    correspondence_objective,
     signal_fraction,
     with_gradient,
 )
-from .base import Metrics, Policy, weighted_rewards
+from .base import Metrics, Objective, Policy, weighted_rewards
 
 __all__ = ["CorrespondencePolicy"]
 
@@ -40,28 +40,48 @@ class CorrespondencePolicy(Policy):
         return cls(config=cfg)
 
     def term(self, mu, ctx, heads, weight, *, diagnostics):
-        """The policy term with its gradient on ``mu`` in closed form (one fused pass, no autograd graph).
+        """The policy term alone, with every metric (:meth:`objective` with ``anchor_coeff=0``)."""
+        out = self.objective(mu, ctx, heads, weight, anchor_coeff=0.0, policy_coeff=1.0, diagnostics=diagnostics, metrics=True)
+        return out.loss, out.metrics
 
-        Value and gradient equal the surrogate through autograd (``tests/reference.py``). The
-        gradient on ``mu`` is at hand, so the signal-fraction diagnostic costs no extra matmul.
+    def objective(self, mu, ctx, heads, weight, *, anchor_coeff, policy_coeff, diagnostics, metrics) -> Objective:
+        """Anchor and policy term with their gradient on ``mu`` in closed form (one fused pass, no autograd graph).
+
+        One bmm gives the logits and the anchor's cosines (its diagonal); value and gradient equal the
+        surrogate and REPA's term through autograd (``tests/reference.py``). The policy gradient is at
+        hand, so the signal-fraction diagnostic costs no extra matmul.
         """
         cfg = self.config
-        y = ctx.targets.detach()
+        y = ctx.targets.detach() if ctx.targets.requires_grad else ctx.targets
         need_grad = mu.requires_grad and torch.is_grad_enabled()
         with torch.no_grad():
-            logp, u, norm = correspondence_log_probs(mu, y, cfg.tau)
-            probs = logp.exp()
+            u, norm, clamped, cos = correspondence_logits(mu, y)
+            logits = cos / cfg.tau
+            probs = torch.softmax(logits, dim=-1)
             r, each = weighted_rewards(heads, lambda h: h.candidate_reward(ctx))
-            adv, zero_std = candidate_advantage(r, probs, scale=cfg.adv_scale, eps=cfg.adv_eps, clip=cfg.adv_clip)
-            value, g_mu = correspondence_surrogate(probs, adv, weight, u, norm, y, cfg.tau, gradient=diagnostics or need_grad)
-        pg = with_gradient(mu, value, g_mu) if need_grad else value
-        metrics: Metrics = {f"rewards/{k}/mean": (probs * v).sum(-1).mean() for k, v in each.items()}
-        with torch.no_grad():
-            metrics["tau"] = torch.full((), cfg.tau, device=mu.device)
-            metrics["adv/std"] = (probs * adv * adv).sum(-1).sqrt().mean()
-            metrics["adv/clip_frac"] = (probs * (adv.abs() >= cfg.adv_clip)).sum(-1).mean()
-            metrics["frac_zero_std"] = zero_std.float().mean()
-            metrics["kl"] = -logp.diagonal(dim1=1, dim2=2).mean()  # KL(one-hot at j = i || pi)
+            mean = (probs * r).sum(-1, keepdim=True)
+            adv, zero_std = candidate_advantage(r, probs, scale=cfg.adv_scale, eps=cfg.adv_eps, clip=cfg.adv_clip, mean=mean)
+            value, anchor, policy, g_mu, g_pol = correspondence_objective(
+                probs, adv, cos, y, u, norm, clamped, cfg.tau, weight=weight, anchor_coeff=anchor_coeff,
+                policy_coeff=policy_coeff, gradient=diagnostics or need_grad, split=diagnostics)
+            if len(each) == 1 and heads[0].weight == 1:  # E_pi[r] is the head's mean reward
+                m: Metrics = {f"rewards/{heads[0].name}/mean": mean.mean()}
+            else:
+                m = {f"rewards/{k}/mean": (probs * v).sum(-1).mean() for k, v in each.items()}
+            if metrics:
+                m.update(self._metrics(probs, adv, logits, zero_std, mu.device))
             if diagnostics:
-                metrics["signal_frac"] = signal_fraction(g_mu, mu.detach(), y)
-        return pg, metrics
+                m["signal_frac"] = signal_fraction(g_pol, mu.detach(), y)
+        loss = with_gradient(mu, value, g_mu) if need_grad else value
+        return Objective(loss, anchor, policy, m)
+
+    def _metrics(self, probs, adv, logits, zero_std, device) -> Metrics:
+        clip = self.config.adv_clip
+        return {
+            "tau": torch.full((), self.config.tau, device=device),
+            "adv/std": (probs * adv * adv).sum(-1).sqrt().mean(),
+            "adv/clip_frac": (probs * (adv.abs() >= clip)).sum(-1).mean(),
+            "frac_zero_std": zero_std.float().mean(),
+            # KL(one-hot at j = i || pi) = logsumexp_j(logits_ij) - logits_ii
+            "kl": (torch.logsumexp(logits, dim=-1) - logits.diagonal(dim1=1, dim2=2)).mean(),
+        }
