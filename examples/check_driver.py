@@ -61,7 +61,7 @@ ARMS = {  # flags of each arm, beside the host's own
     "repa": ["--alignment", "repa"],
     "vrpo": ["--alignment", "vrpo"],
     "all-heads": ["--alignment", "vrpo", "--perceptual-weight", "1", "--perceptual-every", "2", "--perceptual-subset", "1",
-                  "--decodability-weight", "0.5", "--sample-weight", "0.5"],
+                  "--decodability-weight", "0.5", "--sample-weight", "0.5", "--align-opt", "metrics_every=1"],
     "ddp": ["--alignment", "vrpo", "--decodability-weight", "0.5", "--sample-weight", "0.5"],
 }
 

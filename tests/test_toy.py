@@ -10,10 +10,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "toy"))
 
-from stats import steps_to_reach  # noqa: E402
-
 from evaluate import frechet_distance, gaussian_stats, train_classifier  # noqa: E402
 from model import ToySiT, sample  # noqa: E402
+from stats import steps_to_reach  # noqa: E402
 from train import Arm, parse_kv, train_run  # noqa: E402
 
 

@@ -94,3 +94,23 @@ def test_evaluator_noise():
     assert stats.evaluator_noise([10.0, 12.0], [12.0, 10.0]) == pytest.approx(math.sqrt(2))
     with pytest.raises(ValueError, match="fd_a"):
         stats.evaluator_noise([1.0], [1.0, 2.0])
+
+
+def test_summary_compares_with_best_repa_and_with_the_best_peer():
+    # the peer (REPA + time weight) is the best REPA-family arm at the early budget (step 200), the plain REPA
+    # arm is the best REPA; VRPO reaches the peer's step-200 FD (200) at step 100: ratio (c) 100 / 200 = 0.5,
+    # and REPA's step-200 FD (300) between steps 100 and 200 by log-linear interpolation
+    from report import summarise
+    from train import Arm
+
+    steps = [100, 200, 400]
+    curves = {"none": [900, 600, 300], "repa@2": [500, 300, 150], "repa@2:time_weight=sigmoid": [400, 200, 100],
+              "vrpo@1": [200, 100, 50]}
+    records = [dict(arm=label, seed=seed, evals=[dict(step=s, fd=f * (1 + 0.01 * seed), acc=0.5) for s, f in zip(steps, fds)],
+                    step_ms=1.0, wall_s=1.0, metrics={}) for label, fds in curves.items() for seed in (0, 1, 2)]
+    summary, ref = summarise(records, [Arm.parse(k) for k in curves], ref_step=200, floor=10.0)
+    assert ref["best_repa"] == "repa@2" and ref["best_peer"] == "repa@2:time_weight=sigmoid"
+    assert summary["vrpo@1"]["ratio_c"]["interval"]["gmean"] == pytest.approx(0.5)
+    w = (math.log(400) - math.log(300)) / (math.log(400) - math.log(200))  # the peer crosses 300 between 100 and 200
+    assert summary["vrpo@1"]["ratio_a"]["interval"]["gmean"] == pytest.approx(100 / 200)
+    assert summary["repa@2:time_weight=sigmoid"]["ratio_a"]["interval"]["gmean"] == pytest.approx((100 + w * 100) / 200)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
 import stats
 
 
@@ -26,6 +27,12 @@ def best_repa(summary, ref_step):
     """The plain REPA arm (no peer options) with the lowest mean FD at ``ref_step``, or None."""
     plain = [k for k, s in summary.items() if s["mode"] == "repa" and not s["kwargs"] and ref_step in s["steps"]]
     return min(plain, key=lambda k: summary[k]["fd"]["mean"][summary[k]["steps"].index(ref_step)], default=None)
+
+
+def best_peer(summary, ref_step):
+    """The REPA-family arm (REPA or a peer: ``mode="repa"``, any options) with the lowest mean FD at ``ref_step``."""
+    family = [k for k, s in summary.items() if s["mode"] == "repa" and ref_step in s["steps"]]
+    return min(family, key=lambda k: summary[k]["fd"]["mean"][summary[k]["steps"].index(ref_step)], default=None)
 
 
 def summarise(records, arms, ref_step, floor):
@@ -52,6 +59,8 @@ def summarise(records, arms, ref_step, floor):
     i_ref = ref["steps"].index(ref_step)
     ref_fd = np.array(ref["fd_seeds"])
     targets = {"a": ref_fd[:, i_ref], "b": 2 * floor}
+    peer = best_peer(summary, ref_step)
+    peer_fd = np.array(summary[peer]["fd_seeds"])
     for s in summary.values():
         fd = np.array(s["fd_seeds"])
         diffs = stats.paired_differences(fd, ref_fd)
@@ -63,7 +72,11 @@ def summarise(records, arms, ref_step, floor):
             r.update(interval=stats.ratio_interval(r["ratios"]))
             r["verdict"] = stats.speed_verdict(r["interval"], r["censored"], r["ref_censored"])
             s[f"ratio_{key}"] = r
-    reference = dict(best_repa=best, ref_step=ref_step, target_a=ref_fd[:, i_ref].tolist(), target_b=2 * floor,
+        r = stats.steps_ratios(s["steps"], fd, peer_fd, peer_fd[:, i_ref])  # (c): the best peer's FD at ref_step
+        r.update(interval=stats.ratio_interval(r["ratios"]))
+        r["verdict"] = stats.speed_verdict(r["interval"], r["censored"], r["ref_censored"])
+        s["ratio_c"] = r
+    reference = dict(best_repa=best, best_peer=peer, ref_step=ref_step, target_a=ref_fd[:, i_ref].tolist(), target_b=2 * floor,
                      floor=floor)
     return summary, reference
 
@@ -105,7 +118,8 @@ def markdown(summary, reference, checks, floor, eval_samples, sample_steps):
     early = reference["ref_step"] if reference else steps[0]
     ie = steps.index(early)
     head = ["arm", f"FD @{early}", f"FD @{steps[-1]}", f"vs best REPA @{early}", f"vs best REPA @{steps[-1]}",
-            "steps ratio (a)", "steps ratio (b)", "speed verdict (a)", "end verdict", "ms/step"]
+            "steps ratio (a)", "steps ratio (b)", "speed verdict (a)", "steps ratio (c)", "speed verdict (c)",
+            "end verdict", "ms/step"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, s in summary.items():
         f = s["fd"]
@@ -114,15 +128,17 @@ def markdown(summary, reference, checks, floor, eval_samples, sample_steps):
             d = s["diff_vs_best_repa"]
             cells += [_ci(d["mean"][ie], d["lo"][ie], d["hi"][ie], "{:+.0f}"),
                       _ci(d["mean"][-1], d["lo"][-1], d["hi"][-1], "{:+.0f}")]
-            for key in "ab":
+            for key in "abc":
+                if key == "c":
+                    cells.append(s["ratio_a"]["verdict"])
                 r = s[f"ratio_{key}"]
                 iv = r["interval"]
                 cens, rc = sum(r["censored"]), sum(r["ref_censored"])
                 flags = ", ".join(x for x in (f"{cens} censored" if cens else "", f"{rc} REPA censored" if rc else "") if x)
                 cells.append(_ci(iv["gmean"], iv["lo"], iv["hi"], "{:.2f}") + (f" ({flags})" if flags else ""))
-            cells += [s["ratio_a"]["verdict"], s["end_verdict"]]
+            cells += [s["ratio_c"]["verdict"], s["end_verdict"]]
         else:
-            cells += ["-"] * 6
+            cells += ["-"] * 8
         cells.append(f"{s['step_ms']:.0f}")
         rows.append("| " + " | ".join(cells) + " |")
     curve = ["| arm | " + " | ".join(f"@{x}" for x in steps) + " |", "|" + "---|" * (len(steps) + 1)]
@@ -139,7 +155,8 @@ def markdown(summary, reference, checks, floor, eval_samples, sample_steps):
                      "arm needs over the steps best REPA needs, (a) to reach that REPA seed's own FD at step "
                      f"{early}, (b) to reach twice the floor ({2 * floor:.1f}); below 1 is faster; log FD interpolated "
                      "linearly between evaluations; a seed that never reaches the target counts at the last step "
-                     "(censored: a bound, and no verdict in the direction it flatters).")
+                     "(censored: a bound, and no verdict in the direction it flatters). (c): the same as (a) against "
+                     f"the best of REPA and its peers at step {early}, `{reference['best_peer']}`.")
     if "evaluator_sd" in checks:
         notes.append(f"Evaluator noise (same model, two sample draws, last step): sd {checks['evaluator_sd']:.1f} FD, "
                      f"against a median seed-to-seed sd of {checks['seed_sd_end_median']:.1f} at the last step.")

@@ -27,12 +27,12 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 sys.path.insert(1, ROOT)  # the package, when it is not installed
 
-import report  # noqa: E402
 import torch  # noqa: E402
-from stats import steps_to_reach  # noqa: E402,F401  (re-exported)
 
+import report  # noqa: E402
 from data import encoder_features, load_digits_16, pool_tokens  # noqa: E402
 from evaluate import Evaluator  # noqa: E402
+from stats import steps_to_reach  # noqa: E402,F401  (re-exported)
 from train import Arm, build_alignment, parse_kv, train_run  # noqa: E402
 
 # The setting (docs/benchmark.md, "Calibration"): native 8x8 digits, 2x2 patches (a 4x4 token grid).
