@@ -98,7 +98,8 @@ def grad_of(loss, x):
     return g
 
 
-def close(a, b, tol=1e-5):
+def assert_close(a, b, tol=1e-5):
+    """Equal in float64 within ``tol`` (raises otherwise)."""
     torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol)
 
 
@@ -109,8 +110,8 @@ def test_zscore_repa_matches_reference(alpha):
     align = VRPOAlignment(hidden_dim=None, target_dims=(C,), mode="repa", target_norm="zscore", zscore_alpha=alpha)
     out = align(h, y)
     ref = repa_ref(h, zscore_ref(y, alpha))
-    close(out.per_sample, ref)
-    close(grad_of(out.loss, h), grad_of(ref.mean(), h))
+    assert_close(out.per_sample, ref)
+    assert_close(grad_of(out.loss, h), grad_of(ref.mean(), h))
 
 
 def test_zscore_vrpo_is_vrpo_on_zscored_targets():
@@ -119,8 +120,8 @@ def test_zscore_vrpo_is_vrpo_on_zscored_targets():
     kw = dict(hidden_dim=None, target_dims=(C,), mode="vrpo")
     out = VRPOAlignment(**kw, target_norm="zscore")(h, y, t=t)
     ref = VRPOAlignment(**kw)(h, zscore_ref(y, 0.6).float(), t=t)
-    close(out.per_sample, ref.per_sample)
-    close(grad_of(out.loss, h), grad_of(ref.loss, h))
+    assert_close(out.per_sample, ref.per_sample)
+    assert_close(grad_of(out.loss, h), grad_of(ref.loss, h))
 
 
 # ----------------------------------------------------------------------------- iREPA: conv projector
@@ -137,9 +138,9 @@ def test_conv_projector_matches_reference(grid, kernel):
     out = align(h, y)
     mu = conv_projector_ref(h, convs, grid or (2, 2))
     ref = repa_ref(mu, y)
-    close(out.per_sample, ref)
+    assert_close(out.per_sample, ref)
     for got, want in zip(torch.autograd.grad(out.loss, [h, convs[0].weight]), torch.autograd.grad(ref.mean(), [h, convs[0].weight])):
-        close(got, want)
+        assert_close(got, want)
 
 
 def test_conv_projector_vrpo_is_vrpo_on_projected_features():
@@ -151,7 +152,7 @@ def test_conv_projector_vrpo_is_vrpo_on_projected_features():
     out = align(h, y, t=t)
     mu = conv_projector_ref(h, convs, grid)
     ref = VRPOAlignment(hidden_dim=None, target_dims=(C,))(mu.float(), y, t=t)
-    close(out.per_sample, ref.per_sample)
+    assert_close(out.per_sample, ref.per_sample)
 
 
 def test_conv_projector_grid_errors():
@@ -176,10 +177,10 @@ def test_time_weight_repa_matches_reference():
     assert abs(w[1] - 0.5) < 1e-6 and w[0] > 0.999 and w[2] < 0.01  # t = 1 is noise: aligned near the data
     loss_b = repa_ref(h, y)
     ref = (w * loss_b).sum() / w.sum()
-    close(out.loss, ref)
-    close(out.per_sample.mean(), out.loss)
-    close(out.per_sample, B * w / w.sum() * loss_b)
-    close(grad_of(out.loss, h), grad_of(ref, h))
+    assert_close(out.loss, ref)
+    assert_close(out.per_sample.mean(), out.loss)
+    assert_close(out.per_sample, B * w / w.sum() * loss_b)
+    assert_close(grad_of(out.loss, h), grad_of(ref, h))
 
 
 def test_time_weight_vrpo_is_the_weighted_mean_of_vrpo():
@@ -189,8 +190,8 @@ def test_time_weight_vrpo_is_the_weighted_mean_of_vrpo():
     plain = VRPOAlignment(**kw)(h, y, t=t)
     w = sigmoid_ref(t, 0.5, 5.0)
     ref = (w * plain.per_sample.double()).sum() / w.sum()
-    close(out.loss, ref)
-    close(grad_of(out.loss, h), grad_of(ref, h))
+    assert_close(out.loss, ref)
+    assert_close(grad_of(out.loss, h), grad_of(ref, h))
 
 
 def test_time_weight_needs_t_and_a_vanishing_batch_gives_zero():
@@ -230,7 +231,7 @@ def test_stop_step_gives_an_exact_connected_zero_and_does_no_work(mode):
     for _ in range(stop):
         h, y, t = data(c=4)
         y = torch.randn(B, N, C)
-        close(align(h, y, t=t).loss, plain(h, y, t=t).loss, tol=0)
+        assert_close(align(h, y, t=t).loss, plain(h, y, t=t).loss, tol=0)
     assert align.step == stop  # the step counter advances in both modes
 
     forbidden = VRPOAlignment(hidden_dim=4, target_dims=(C,), projector_dim=7, mode=mode, stop_step=stop,
@@ -266,8 +267,8 @@ def test_stop_ramp_values(mode):
     for step, factor in enumerate(expected):
         assert align.step == step
         out, ref = align(h, y, t=t), plain(h, y, t=t)
-        close(out.loss, factor * ref.loss.double(), tol=1e-6)
-        close(grad_of(out.loss, h), factor * grad_of(ref.loss, h).double(), tol=1e-6)
+        assert_close(out.loss, factor * ref.loss.double(), tol=1e-6)
+        assert_close(grad_of(out.loss, h), factor * grad_of(ref.loss, h).double(), tol=1e-6)
 
 
 def test_stop_step_round_trips_through_state_dict_and_eval_does_not_count():
@@ -281,7 +282,7 @@ def test_stop_step_round_trips_through_state_dict_and_eval_does_not_count():
     b.eval()
     half = b(h, y, t=t).loss
     assert b.step == 2 and half.item() != 0.0  # step 2: factor 1/2
-    close(half, 0.5 * repa_ref(h, y).mean(), tol=1e-6)
+    assert_close(half, 0.5 * repa_ref(h, y).mean(), tol=1e-6)
     b.train()
     b(h, y, t=t)
     assert b(h, y, t=t).loss.item() == 0.0 and b.step == 4
@@ -293,9 +294,9 @@ def test_structure_repa_matches_reference():
     align = VRPOAlignment(hidden_dim=None, target_dims=(C,), mode="repa", structure_coeff=0.7)
     out = align(h, y)
     ref = repa_ref(h, y) + 0.7 * structure_ref(h, y)
-    close(out.per_sample, ref)
-    close(grad_of(out.loss, h), grad_of(ref.mean(), h))
-    close(out.metrics["loss_structure"], structure_ref(h, y).mean())
+    assert_close(out.per_sample, ref)
+    assert_close(grad_of(out.loss, h), grad_of(ref.mean(), h))
+    assert_close(out.metrics["loss_structure"], structure_ref(h, y).mean())
 
 
 def test_structure_vrpo_adds_the_term_two_encoders():
@@ -305,8 +306,8 @@ def test_structure_vrpo_adds_the_term_two_encoders():
     out = VRPOAlignment(**kw, structure_coeff=0.3)([h, h2], [y, y2], t=t)
     plain = VRPOAlignment(**kw)([h, h2], [y, y2], t=t)
     extra = 0.3 * (structure_ref(h, y) + structure_ref(h2, y2)) / 2  # a mean over encoders
-    close(out.per_sample, plain.per_sample.double() + extra)
-    close(grad_of(out.loss, h2), grad_of(plain.loss + extra.mean(), h2))
+    assert_close(out.per_sample, plain.per_sample.double() + extra)
+    assert_close(grad_of(out.loss, h2), grad_of(plain.loss + extra.mean(), h2))
 
 
 # ----------------------------------------------------------------------------- all together, and compile
@@ -319,8 +320,8 @@ def test_all_options_compose_in_repa_mode():
     for factor in (1.0, 0.5, 0.0):
         out = align(h, y, t=t)
         ref = factor * (w * (repa_ref(h, z) + 0.5 * structure_ref(h, z))).sum() / w.sum()
-        close(out.loss, ref)
-        close(grad_of(out.loss, h), grad_of(ref, h))
+        assert_close(out.loss, ref)
+        assert_close(grad_of(out.loss, h), grad_of(ref, h))
 
 
 def test_torch_compile_repa_with_peer_options_gives_eager_values():
@@ -339,8 +340,8 @@ def test_torch_compile_repa_with_peer_options_gives_eager_values():
         ref = eager(h, y, t=t)
         hc = h.detach().clone().requires_grad_(True)
         out = compiled(hc, y, t=t)
-        close(out.loss, ref.loss, tol=1e-5)
-        close(grad_of(out.loss, hc), grad_of(ref.loss, h), tol=1e-5)
+        assert_close(out.loss, ref.loss, tol=1e-5)
+        assert_close(grad_of(out.loss, hc), grad_of(ref.loss, h), tol=1e-5)
         return out.loss
 
     call(0)
@@ -406,7 +407,7 @@ def test_pure_functions_match_the_references():
 
     _, y, _ = data()
     mu = torch.randn(B, N, C)
-    close(zscore_tokens(y, 0.6), zscore_ref(y, 0.6))
-    close(structure_loss(mu, 3.0 * y), structure_ref(mu, y))
+    assert_close(zscore_tokens(y, 0.6), zscore_ref(y, 0.6))
+    assert_close(structure_loss(mu, 3.0 * y), structure_ref(mu, y))
     assert [stop_factor(s, 4, 3) for s in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
     assert stop_factor(10**9, None, 0) == 1.0
