@@ -114,3 +114,27 @@ def test_summary_compares_with_best_repa_and_with_the_best_peer():
     w = (math.log(400) - math.log(300)) / (math.log(400) - math.log(200))  # the peer crosses 300 between 100 and 200
     assert summary["vrpo@1"]["ratio_a"]["interval"]["gmean"] == pytest.approx(100 / 200)
     assert summary["repa@2:time_weight=sigmoid"]["ratio_a"]["interval"]["gmean"] == pytest.approx((100 + w * 100) / 200)
+
+
+def test_paired_evaluator_noise_cancels_the_shared_draw():
+    # each seed's redraw shifts every arm by the same offset (the shared sample noise): the paired
+    # difference to best REPA does not move, so its evaluator noise is zero while the unpaired one is not;
+    # a redraw that moves one arm by +2 on one of two seeds gives sqrt(mean(d^2) / 2) = sqrt((4 / 2) / 2) = 1
+    from report import calibration_checks, summarise
+    from train import Arm
+
+    curves = {"none": [900, 600], "repa@2": [500, 300]}
+
+    def checks(bump):
+        records = [dict(arm=label, seed=seed, step_ms=1.0, wall_s=1.0, metrics={},
+                        evals=[dict(step=100, fd=fds[0] + seed, acc=0.5),
+                               dict(step=200, fd=fds[1] + 3 * seed, acc=0.5,
+                                    fd_redraw=fds[1] + 3 * seed + 10 * (seed + 1) + (bump if (label, seed) == ("none", 1) else 0))])
+                   for label, fds in curves.items() for seed in (0, 1)]
+        summary, ref = summarise(records, [Arm.parse(k) for k in curves], ref_step=200, floor=10.0)
+        return calibration_checks(summary, ref)
+
+    c = checks(0.0)
+    assert c["evaluator_sd"] == pytest.approx(math.sqrt((100 + 400) / 2 / 2))
+    assert c["evaluator_sd_paired"] == pytest.approx(0.0)
+    assert checks(2.0)["evaluator_sd_paired"] == pytest.approx(1.0)

@@ -102,7 +102,29 @@ def calibration_checks(summary, reference):
         out["evaluator_sd"] = stats.evaluator_noise([f[-1] for f, _ in a], [r for _, r in a])
         sds = [s["fd"]["sd"][-1] for s in summary.values() if len(s["seeds"]) > 1]
         out["seed_sd_end_median"] = float(np.median(sds)) if sds else float("nan")
+    if a and reference and len(next(iter(summary.values()))["seeds"]) > 1:
+        out.update(_paired_noise(summary, reference["best_repa"]))
     return out
+
+
+def _paired_noise(summary, best):
+    """The evaluator's noise in what the verdicts use, the paired difference to best REPA at the last step.
+
+    A seed's evaluation noise is shared by every arm (the same sample noise), so much of the unpaired
+    noise cancels in a paired difference; its sd (two draws) is set against the seeds' sd of that difference.
+    """
+    ref = summary[best]
+    d, d_re, sds = [], [], []
+    for label, s in summary.items():
+        if label == best or None in s["fd_redraw"] or None in ref["fd_redraw"]:
+            continue
+        diff = np.array(s["fd_seeds"])[:, -1] - np.array(ref["fd_seeds"])[:, -1]
+        d += diff.tolist()
+        d_re += (np.array(s["fd_redraw"]) - np.array(ref["fd_redraw"])).tolist()
+        sds.append(float(diff.std(ddof=1)))
+    if not d:
+        return {}
+    return {"evaluator_sd_paired": stats.evaluator_noise(d, d_re), "seed_sd_paired_end_median": float(np.median(sds))}
 
 
 def _ci(m, lo, hi, fmt="{:.0f}"):
@@ -159,7 +181,10 @@ def markdown(summary, reference, checks, floor, eval_samples, sample_steps):
                      f"the best of REPA and its peers at step {early}, `{reference['best_peer']}`.")
     if "evaluator_sd" in checks:
         notes.append(f"Evaluator noise (same model, two sample draws, last step): sd {checks['evaluator_sd']:.1f} FD, "
-                     f"against a median seed-to-seed sd of {checks['seed_sd_end_median']:.1f} at the last step.")
+                     f"against a median seed-to-seed sd of {checks['seed_sd_end_median']:.1f} at the last step"
+                     + (f"; in the paired difference to best REPA that the verdicts use, sd "
+                        f"{checks['evaluator_sd_paired']:.1f} against the seeds' {checks['seed_sd_paired_end_median']:.1f}"
+                        if "evaluator_sd_paired" in checks else "") + ".")
     if "repa_minus_none_at_ref" in checks:
         d = checks["repa_minus_none_at_ref"]
         notes.append(f"Regime: best REPA - none at step {early}: {_ci(d['mean'], d['lo'], d['hi'], '{:+.0f}')}; "

@@ -165,6 +165,8 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         align.to(dev)
     params = list(model.parameters()) + (list(align.parameters()) if align is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+             if getattr(cfg, "lr_schedule", "constant") == "cosine" else None)
     g = torch.Generator().manual_seed(seed)  # batches, times and noise: identical across arms
     x_all, y_all, feats = data.x_train.to(dev), data.y_train.to(dev), feats.to(dev)
     n_cls = cfg.eval_samples // 10
@@ -204,6 +206,8 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         if ema is not None:  # decay warmed up, (1 + step) / (10 + step), so early averages do not lag
             d = min(ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
