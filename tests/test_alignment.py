@@ -173,6 +173,24 @@ def test_state_dict_round_trip_gives_identical_next_losses(policy):
         assert torch.equal(la.per_sample, lb.per_sample)
 
 
+@pytest.mark.parametrize("policy", ["gaussian", "correspondence"])
+def test_first_release_checkpoint_loads_strictly_and_keeps_its_noise(policy):
+    # 0.1.0 kept the seed in the module's extra state ({"step", "seed"}); the policy now owns it
+    kw = dict(hidden_dim=None, target_dims=(8,), policy=policy)
+    a = VRPOAlignment(**kw)
+    old = a.state_dict()
+    seed = old.pop("policy._extra_state")["seed"] if policy == "gaussian" else 12345
+    old["_extra_state"] = {"step": 7, "seed": seed}
+    b = VRPOAlignment(**kw)
+    b.load_state_dict(old)  # strict
+    assert b.step == 7
+    feats, y = torch.randn(B, N, 8), torch.randn(B, N, 8)
+    if policy == "gaussian":
+        assert b.policy.seed == a.policy.seed
+        a.step = 7
+        assert torch.equal(a(feats, y).loss, b(feats, y).loss)  # the noise it would have drawn
+
+
 def test_noise_differs_between_steps_and_is_deterministic_per_step():
     a = VRPOAlignment(hidden_dim=None, target_dims=(8,), policy="gaussian")
     feats, y = torch.randn(B, N, 8), torch.randn(B, N, 8)

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .adaptive import AdaptiveStrength
+from .compat import migrate_policy_seed
 from .config import VRPOConfig
 from .functional import repa_projection_loss, resample_grid, token_cosine
 from .output import VRPOOutput
@@ -110,6 +111,7 @@ class VRPOAlignment(nn.Module):
         self.policy = policy_from_config(cfg)
         self.adaptive = AdaptiveStrength.from_config(cfg)  # per-timestep-bin strength, or None
         self.step = 0  # training calls so far; saved through get_extra_state
+        self.register_load_state_dict_pre_hook(migrate_policy_seed)  # checkpoints of earlier versions
 
     # ----- the step counter is not a tensor: it travels in state_dict as extra state
     def get_extra_state(self):
