@@ -100,6 +100,7 @@ def test_named_arms_are_the_finals():
     assert arms["vrpo-zscore"].kwargs == {"policy": "correspondence", "tau": 0.1, "target_norm": "zscore"}
     assert arms["vrpo-agreement"].kwargs["adaptive"] == "agreement"
     assert arms["vrpo-achievability"].kwargs["adaptive"] == "achievability"
+    assert arms["vrpo-terminate"].kwargs["adaptive_terminate"] is True
 
 
 def test_pool_tokens_and_square_grid():

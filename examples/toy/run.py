@@ -46,8 +46,8 @@ VRPO_COEFF = 1.0
 VRPO_KWARGS = "policy=correspondence,tau=0.1"
 HASTE_STOP = 0.5  # fraction of the run after which HASTE's alignment is off
 SARA_STRUCTURE = 1.0  # structure_coeff of the SARA-style arm
-FINAL_ARMS = ["none", "repa", "repa@2", "vrpo", "irepa", "va-repa", "haste", "sara", "vrpo-zscore", "vrpo-agreement",
-              "vrpo-achievability"]
+FINAL_ARMS = ["none", "repa", "vrpo", "irepa", "va-repa", "haste", "sara", "vrpo-zscore", "vrpo-agreement",
+              "vrpo-achievability", "vrpo-terminate"]
 PRESETS = {
     # a demo in ~5 min on 2 cores: one seed, the first 600 steps of the setting
     "quick": dict(arms=["none", "repa", "vrpo"], seeds=[0], steps=600, eval_at=(100, 200, 300, 400, 600), workers=2,
@@ -71,6 +71,7 @@ def named_arms(repa: float, vrpo: float, vrpo_kwargs: str) -> dict:
         "vrpo-zscore": f"vrpo@{vrpo:g}:{vrpo_kwargs},target_norm=zscore",
         "vrpo-agreement": f"vrpo@{vrpo:g}:{vrpo_kwargs},adaptive=agreement",  # issue 11, H1: gradient agreement
         "vrpo-achievability": f"vrpo@{vrpo:g}:{vrpo_kwargs},adaptive=achievability",  # H2: running cos per bin
+        "vrpo-terminate": f"vrpo@{vrpo:g}:{vrpo_kwargs},adaptive=agreement,adaptive_terminate=true",  # H3
     }
 
 
