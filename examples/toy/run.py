@@ -41,8 +41,8 @@ SETTING = dict(image_size=8, patch=2, dim=64, depth=4, heads=4, align_depth=2, p
                ref_step=200,
                eval_samples=500, sample_steps=10, sampler="euler")
 # the arms' coefficients (docs/ablation.md: the sweeps at this setting)
-REPA_COEFF = 8.0  # best early FD of 1, 2, 4, 8 on the partial sweep (seed 0); the finals also run REPA@2
-VRPO_COEFF = 1.0
+REPA_COEFF = 8.0  # best mean FD at the early budget of 2, 4, 8, 16 (seeds 0, 1)
+VRPO_COEFF = 2.0  # best mean FD at the early budget of 0.5, 1, 2, 4 (seeds 0, 1)
 VRPO_KWARGS = "policy=correspondence,tau=0.1"
 HASTE_STOP = 0.5  # fraction of the run after which HASTE's alignment is off
 SARA_STRUCTURE = 1.0  # structure_coeff of the SARA-style arm
