@@ -206,19 +206,21 @@ def plots(summary, reference, title, out):
         c = "black" if s["mode"] == "none" else colors(i % colors.N)
         st_, f = np.array(s["steps"]), s["fd"]
         axes[0].plot(st_, f["mean"], marker="o", ms=3, color=c, label=label)
-        if len(s["seeds"]) > 1:
+        if len(s["seeds"]) > 2:  # with two seeds a t interval (1 dof) spans the plot
             axes[0].fill_between(st_, np.maximum(f["lo"], 1e-3), f["hi"], color=c, alpha=0.12)
         if reference:
             d = s["diff_vs_best_repa"]
             axes[1].plot(st_, d["mean"], marker="o", ms=3, color=c)
-            if len(s["seeds"]) > 1:
+            if len(s["seeds"]) > 2:
                 axes[1].fill_between(st_, d["lo"], d["hi"], color=c, alpha=0.12)
     if reference:
         for y, name in ((reference["floor"], "floor"), (2 * reference["floor"], "2x floor")):
             axes[0].axhline(y, color="grey", ls=":", lw=1)
             axes[0].text(axes[0].get_xlim()[0], y, name, fontsize=7, va="bottom", color="grey")
         axes[1].axhline(0, color="grey", lw=1)
-    axes[0].set(xlabel="training steps", ylabel="FD (mean, 95% band)", yscale="log")
+    axes[0].set(xlabel="training steps", ylabel="FD (mean, 95% band from 3 seeds)", yscale="log")
+    if reference:
+        axes[0].set_ylim(bottom=0.8 * reference["floor"])
     axes[1].set(xlabel="training steps", ylabel="FD - best REPA's, paired (95% band)")
     for ax in axes:
         ax.grid(alpha=0.3)
