@@ -180,8 +180,9 @@ def markdown(summary, reference, checks, floor, eval_samples, sample_steps):
                      "(censored: a bound, and no verdict in the direction it flatters). (c): the same as (a) against "
                      f"the best of REPA and its peers at step {early}, `{reference['best_peer']}`.")
     if "evaluator_sd" in checks:
-        notes.append(f"Evaluator noise (same model, two sample draws, last step): sd {checks['evaluator_sd']:.1f} FD, "
-                     f"against a median seed-to-seed sd of {checks['seed_sd_end_median']:.1f} at the last step"
+        seed_sd = checks["seed_sd_end_median"]
+        notes.append(f"Evaluator noise (same model, two sample draws, last step): sd {checks['evaluator_sd']:.1f} FD"
+                     + (f", against a median seed-to-seed sd of {seed_sd:.1f} at the last step" if seed_sd == seed_sd else "")
                      + (f"; in the paired difference to best REPA that the verdicts use, sd "
                         f"{checks['evaluator_sd_paired']:.1f} against the seeds' {checks['seed_sd_paired_end_median']:.1f}"
                         if "evaluator_sd_paired" in checks else "") + ".")
