@@ -132,9 +132,12 @@ def test_paired_evaluator_noise_cancels_the_shared_draw():
                                     fd_redraw=fds[1] + 3 * seed + 10 * (seed + 1) + (bump if (label, seed) == ("none", 1) else 0))])
                    for label, fds in curves.items() for seed in (0, 1)]
         summary, ref = summarise(records, [Arm.parse(k) for k in curves], ref_step=200, floor=10.0)
-        return calibration_checks(summary, ref)
+        return calibration_checks(summary, ref), summary
 
-    c = checks(0.0)
+    c, summary = checks(0.0)
+    # the final FD is the mean of the two draws: none's seeds 0, 1 give (600 + 610) / 2 and (603 + 623) / 2
+    assert summary["none"]["fd_seeds"][1][-1] == pytest.approx((603 + 623) / 2)
+    assert summary["none"]["fd"]["mean"][0] == pytest.approx(900.5)  # earlier evaluations: one draw
     assert c["evaluator_sd"] == pytest.approx(math.sqrt((100 + 400) / 2 / 2))
     assert c["evaluator_sd_paired"] == pytest.approx(0.0)
-    assert checks(2.0)["evaluator_sd_paired"] == pytest.approx(1.0)
+    assert checks(2.0)[0]["evaluator_sd_paired"] == pytest.approx(1.0)

@@ -106,6 +106,8 @@ def get_args(argv=None):
                    "every this many steps (0: never)")
     p.add_argument("--cache-dir", default=os.path.join(ROOT, "cache", "toy"))
     p.add_argument("--out", help="output folder (default runs/toy/<preset>)")
+    p.add_argument("--aggregate-only", action="store_true", help="train nothing: report the cached runs, over the "
+                   "seeds that every arm has")
     p.add_argument("--title", help="plot title")
     a = p.parse_args(argv)
     preset = {**SETTING, **PRESETS[a.preset]}
@@ -182,6 +184,8 @@ def execute(a, arms, data, feats, evaluator):
                 records.append(json.load(open(path)))
             else:
                 todo.append((arm, seed, path))
+    if a.aggregate_only:
+        return records, 0
     if a.workers > 1 and len(todo) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
