@@ -10,6 +10,7 @@ to REPA, for time and for peak memory:
 - ``vrpo-nodiag``, ``vrpo-novalidate``: the defaults with ``diagnostics_every=0``, with ``validate=False``
   (and ``repa-novalidate``: REPA with ``validate=False``);
 - ``vrpo-gaussian-G<k>``: the Gaussian policy with group size ``k`` (``--groups``);
+- ``vrpo-agreement``, ``vrpo-achievability`` (``--arms adaptive``): the defaults with the adaptive strength;
 - ``vrpo+lpips``: the defaults plus the perceptual reward computed on *every* step (its per-call
   cost; divide the difference to ``vrpo`` by ``perceptual_every`` for the amortised cost).
 
@@ -202,6 +203,9 @@ def build_arms(args, hidden: int, device, compile_align: Optional[bool] = None) 
         arms["vrpo-novalidate"] = VRPOAlignment(**base, **{**extra, "validate": False})
     if "nodiag" in wanted:
         arms["vrpo-nodiag"] = VRPOAlignment(**base, **{**extra, "diagnostics_every": 0})
+    if "adaptive" in wanted:
+        for mode in ("agreement", "achievability"):
+            arms[f"vrpo-{mode}"] = VRPOAlignment(**base, **{**extra, "adaptive": mode})
     if "gaussian" in wanted:
         for g in args.groups:
             arms[f"vrpo-gaussian-G{g}"] = VRPOAlignment(**base, **{**extra, "policy": "gaussian", "group_size": g})
@@ -515,7 +519,7 @@ def parse(argv=None):
     p.add_argument("--device", default=None, help="default cuda with --gpu-shapes, else cpu")
     p.add_argument("--amp", choices=["none", "bf16"], default=None, help="autocast dtype (default bf16 with --gpu-shapes)")
     p.add_argument("--arms", nargs="+", default=["none", "repa", "vrpo", "nodiag", "novalidate", "gaussian", "lpips"],
-                   choices=["none", "repa", "vrpo", "nodiag", "novalidate", "gaussian", "lpips"])
+                   choices=["none", "repa", "vrpo", "nodiag", "novalidate", "gaussian", "lpips", "adaptive"])
     p.add_argument("--groups", type=int, nargs="+", default=[4, 8, 16, 32], help="group sizes of the Gaussian arms")
     p.add_argument("--vrpo-kw", default="", help='JSON of extra VRPOConfig options for every VRPO arm, e.g. \'{"tau": 0.05}\'')
     p.add_argument("--lpips-subset", type=int, default=8, help="perceptual_subset of the vrpo+lpips arm")

@@ -39,6 +39,14 @@ def test_tiny_run_every_arm_bf16(overhead):
     assert "| vrpo |" in overhead.table(result["rows"])
 
 
+def test_tiny_run_adaptive_arms(overhead):
+    argv = ["--presets", "tiny", "--batch", "2", "--warmup", "1", "--steps", "2", "--threads", "1", "--no-memory",
+            "--arms", "repa", "adaptive"]
+    rows = {r["arm"]: r for r in overhead.main(argv, log=None)["rows"]}
+    assert set(rows) == {"repa", "vrpo-agreement", "vrpo-achievability"}
+    assert all(r["time_ratio"] == pytest.approx(r["median_s"] / rows["repa"]["median_s"]) for r in rows.values())
+
+
 def test_sit_tap_is_the_block_output(overhead):
     import torch
 
