@@ -258,11 +258,11 @@ def _forest(summary, reference, title, out, plt):
             ax.errorbar(iv["gmean"], y, xerr=[[iv["gmean"] - lo], [hi - iv["gmean"]]], fmt="o", capsize=3,
                         color="black" if summary[label]["mode"] == "none" else "C0")
         ax.axvline(1, color="grey", lw=1)
-        ax.set(xlabel="steps ratio vs best REPA (geometric mean, 95% interval; < 1 faster)", title=names[key])
+        ax.set(xlabel="steps ratio vs best REPA (< 1 faster)", title=names[key])
         ax.grid(alpha=0.3)
     axes[0].set_yticks(range(len(labels)), labels, fontsize=7)
     axes[0].invert_yaxis()
-    fig.suptitle(title)
+    fig.suptitle(title + ": steps ratios, geometric mean over seeds, 95% interval")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "forest.png"), dpi=80)
     plt.close(fig)
