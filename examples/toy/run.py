@@ -1,7 +1,7 @@
 """The toy benchmark: a small class-conditional SiT on sklearn digits, alignment losses as arms.
 
     python examples/toy/run.py                       # quick: none / REPA / VRPO, one seed (a demo, ~5 min on 2 cores)
-    python examples/toy/run.py --preset standard     # the finals: every arm, 5 paired seeds (~45 min on 2 cores)
+    python examples/toy/run.py --preset standard     # the finals: every arm, 5 paired seeds (~77 min on 2 cores)
     python examples/toy/run.py --preset gpu          # every arm, 8 seeds, parallel runs on one GPU
     python examples/toy/run.py --arms none repa@2 "repa@2:time_weight=sigmoid" "vrpo@1:tau=0.05" --seeds 0 1
 
