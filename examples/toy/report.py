@@ -185,7 +185,7 @@ def markdown(summary, reference, checks, floor, eval_samples, sample_steps):
     if "evaluator_sd" in checks:
         seed_sd = checks["seed_sd_end_median"]
         notes.append(f"Evaluator noise (same model, two sample draws, last step): sd {checks['evaluator_sd']:.1f} FD"
-                     + (f", against a median seed-to-seed sd of {seed_sd:.1f} at the last step" if seed_sd == seed_sd else "")
+                     + (f", against a median seed-to-seed sd of {seed_sd:.1f} at the last step" if not np.isnan(seed_sd) else "")
                      + (f"; in the paired difference to best REPA that the verdicts use, sd "
                         f"{checks['evaluator_sd_paired']:.1f} for one draw, {checks['evaluator_sd_paired'] / 2 ** 0.5:.1f} "
                         f"for the final FD (the mean of two draws), against the seeds' "

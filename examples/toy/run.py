@@ -1,6 +1,6 @@
 """The toy benchmark: a small class-conditional SiT on sklearn digits, alignment losses as arms.
 
-    python examples/toy/run.py                       # quick: none / REPA / VRPO, one seed (a demo, ~5 min on 2 cores)
+    python examples/toy/run.py                       # quick: none / REPA / VRPO, one seed (a demo, ~3 min on 2 cores)
     python examples/toy/run.py --preset standard     # the finals: every arm, 5 paired seeds (~77 min on 2 cores)
     python examples/toy/run.py --preset gpu          # every arm, 8 seeds, parallel runs on one GPU
     python examples/toy/run.py --arms none repa@2 "repa@2:time_weight=sigmoid" "vrpo@1:tau=0.05" --seeds 0 1
@@ -49,7 +49,7 @@ SARA_STRUCTURE = 1.0  # structure_coeff of the SARA-style arm
 FINAL_ARMS = ["none", "repa", "vrpo", "irepa", "va-repa", "haste", "sara", "vrpo-zscore", "vrpo-agreement",
               "vrpo-achievability", "vrpo-terminate"]
 PRESETS = {
-    # a demo in ~5 min on 2 cores: one seed, the first 600 steps of the setting
+    # a demo in ~3 min on 2 cores (164 s measured from an empty cache): one seed, the first 600 steps
     "quick": dict(arms=["none", "repa", "vrpo"], seeds=[0], steps=600, eval_at=(100, 200, 300, 400, 600), workers=2,
                   threads=2),
     "standard": dict(arms=FINAL_ARMS, seeds=[0, 1, 2, 3, 4], workers=2, threads=2),
