@@ -58,8 +58,27 @@ def pool_tokens(feats: torch.Tensor, grid: int) -> torch.Tensor:
         raise ValueError(f"feats: expected a square token grid divisible into {grid}x{grid}, got {m} tokens")
     if g == grid:
         return feats
-    x = feats.transpose(1, 2).reshape(n, c, g, g)
-    return F.avg_pool2d(x, g // grid).flatten(2).transpose(1, 2).contiguous()
+    x = feats.float().transpose(1, 2).reshape(n, c, g, g)
+    return F.avg_pool2d(x, g // grid).flatten(2).transpose(1, 2).contiguous().to(feats.dtype)
+
+
+def standardise_channels(feats: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Each channel of (N, T, C) tokens to zero mean and unit variance over the whole set (N and T).
+
+    A global z-score: one affine map per channel, the same for every image, with the statistics in
+    float64; returned in the input's dtype.
+    """
+    s = torch.zeros(feats.shape[-1], dtype=torch.float64)
+    s2 = torch.zeros_like(s)
+    for i in range(0, len(feats), chunk):
+        f = feats[i:i + chunk].double().flatten(0, 1)
+        s += f.sum(0)
+        s2 += (f * f).sum(0)
+    n = feats.shape[0] * feats.shape[1]
+    mean = s / n
+    std = (s2 / n - mean ** 2).clamp_min(1e-12).sqrt()
+    return torch.cat([((feats[i:i + chunk].double() - mean) / std).to(feats.dtype)
+                      for i in range(0, len(feats), chunk)])
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -137,11 +156,12 @@ ENCODERS = {"vgg": VGGTokens, "dinov2": DINOv2Tokens}
 
 def encoder_features(x: torch.Tensor, encoder: str, cache_dir: str, batch: int = 64,
                      progress: bool = True) -> torch.Tensor:
-    """Encoder tokens (N, 64, C) for every image in ``x``, computed once and cached (fp16)."""
+    """Encoder tokens (N, 64, C) for every image in ``x``, computed once and cached (returned in fp16:
+    convert each batch to float32 where it is used)."""
     key = hashlib.sha1(x.numpy().tobytes()).hexdigest()[:12]
     path = os.path.join(cache_dir, f"feats_{encoder}_{key}.pt")
     if os.path.exists(path):
-        return torch.load(path).float()
+        return torch.load(path, weights_only=True)
     enc = ENCODERS[encoder]()
     chunks = range(0, len(x), batch)
     if progress:
@@ -152,4 +172,4 @@ def encoder_features(x: torch.Tensor, encoder: str, cache_dir: str, batch: int =
     os.makedirs(cache_dir, exist_ok=True)
     torch.save(feats, path + ".tmp")
     os.replace(path + ".tmp", path)
-    return feats.float()
+    return feats

@@ -1,9 +1,11 @@
-"""Evaluation: an independent digit classifier, Frechet distance in its features, accuracy on samples.
+"""Evaluation: an independent classifier, Frechet distance in its features, accuracy on samples.
 
 The classifier is a small CNN trained here on the training split (not the alignment encoder, so the
-metric does not reward copying the encoder). Its 64-d penultimate activations are the feature space
-of the Frechet distance (FD) between generated samples and the 450 held-out real digits; the
-real-vs-real floor is the FD of as many real training digits (same classes) against that set.
+metric does not reward copying the encoder): on 16x16 digits (10 classes, 64-d features) or on 32x32
+glyphs (26 classes, 128-d features, one more conv stage). Its penultimate activations are the
+feature space of the Frechet distance (FD) between generated samples and the held-out real images
+(450 digits; the glyphs of the held-out typefaces); the real-vs-real floor is the FD of as many real
+training images (same classes) against that set.
 """
 from __future__ import annotations
 
@@ -18,15 +20,18 @@ from scipy import linalg
 
 
 class DigitCNN(nn.Module):
-    def __init__(self, feat_dim: int = 64):
+    """The evaluation CNN: 16x16 inputs (digits, the default) or 32x32 (glyphs: one more conv stage)."""
+
+    def __init__(self, feat_dim: int = 64, num_classes: int = 10, size: int = 16):
         super().__init__()
+        extra = [nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)] if size == 32 else []
         self.body = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), *extra,
             nn.Flatten(), nn.Linear(64 * 4 * 4, feat_dim), nn.ReLU(),
         )
-        self.head = nn.Linear(feat_dim, 10)
+        self.head = nn.Linear(feat_dim, num_classes)
 
     def features(self, x):
         return self.body(x)
@@ -37,17 +42,20 @@ class DigitCNN(nn.Module):
 
 def train_classifier(x, y, cache_dir: str, epochs: int = 30, seed: int = 0) -> DigitCNN:
     """Train (or load from cache) the evaluation classifier on the training split."""
-    path = os.path.join(cache_dir, f"digit_cnn_e{epochs}_s{seed}.pt")
+    size, classes = x.shape[-1], int(y.max()) + 1
+    arch = dict(feat_dim=64 if size == 16 else 128, num_classes=classes, size=size)
+    name = "digit_cnn" if size == 16 else f"cnn{size}_c{classes}_n{len(x)}"
+    path = os.path.join(cache_dir, f"{name}_e{epochs}_s{seed}.pt")
     if os.path.exists(path):
-        net = DigitCNN()
-        net.load_state_dict(torch.load(path))
+        net = DigitCNN(**arch)
+        net.load_state_dict(torch.load(path, weights_only=True))
         return net.eval()
     # Seed before the initialisation, or the weights (and so the FD) depend on whatever drew from the
     # global generator before (e.g. building the encoder when its feature cache is cold); train on one
     # thread, or they depend on the thread count through the reduction order.
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = DigitCNN()
+    net = DigitCNN(**arch)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -101,14 +109,20 @@ def frechet_distance(stats1, stats2) -> float:
 class Evaluator:
     """Holds the classifier and the held-out reference statistics; scores a batch of samples."""
 
-    def __init__(self, data, cache_dir: str, n_per_class: int = 45):
-        self.size = data.x_train.shape[-1]  # the classifier's resolution (16)
-        self.net = train_classifier(data.x_train, data.y_train, cache_dir)
+    def __init__(self, data, cache_dir: str, n_per_class: int = 45, epochs: int = 30):
+        self.size = data.x_train.shape[-1]  # the classifier's resolution (16 or 32)
+        self.num_classes = int(data.y_train.max()) + 1
+        self.n_test = len(data.x_test)
+        self.net = train_classifier(data.x_train, data.y_train, cache_dir, epochs=epochs)
         f_test, pred = features_and_logits(self.net, data.x_test)
         self.test_acc = float((pred == data.y_test).float().mean())
         self.ref = gaussian_stats(f_test)
         # floor: as many training digits as samples (n_per_class per class) against the held-out set
-        idx = torch.cat([torch.nonzero(data.y_train == c).flatten()[:n_per_class] for c in range(10)])
+        # digits: the first of each class (the record's floor); glyphs, stored face by face: spread over the faces
+        def pick(c):
+            return c[:n_per_class] if self.size == 16 else c[torch.linspace(0, len(c) - 1, n_per_class).long()]
+
+        idx = torch.cat([pick(torch.nonzero(data.y_train == k).flatten()) for k in range(self.num_classes)])
         f_tr, _ = features_and_logits(self.net, data.x_train[idx])
         self.floor = frechet_distance(gaussian_stats(f_tr), self.ref)
 

@@ -113,8 +113,9 @@ class ToySiT(nn.Module):
 
 @torch.no_grad()
 def sample(model: ToySiT, y: torch.Tensor, noise: torch.Tensor, steps: int = 20, method: str = "euler",
-           batch: int = 500) -> torch.Tensor:
-    """Integrate the probability-flow ODE from t = 1 (noise) to t = 0 (data); returns x in [-1, 1]."""
+           batch: int = 500, clamp: bool = True) -> torch.Tensor:
+    """Integrate the probability-flow ODE from t = 1 (noise) to t = 0 (data); returns x, clamped to [-1, 1]
+    (pixels) unless ``clamp`` is False (latents, decoded afterwards)."""
     was_training = model.training
     model.eval()
     outs = []
@@ -132,4 +133,5 @@ def sample(model: ToySiT, y: torch.Tensor, noise: torch.Tensor, steps: int = 20,
                 x = x + (t1 - t0) * v
         outs.append(x)
     model.train(was_training)
-    return torch.cat(outs).clamp(-1, 1)
+    x = torch.cat(outs)
+    return x.clamp(-1, 1) if clamp else x

@@ -1,8 +1,14 @@
-"""The toy benchmark: a small class-conditional SiT on sklearn digits, alignment losses as arms.
+"""The toy benchmark: a small class-conditional SiT, alignment losses as arms, two settings.
 
-    python examples/toy/run.py                       # quick: none / REPA / VRPO, one seed (a demo, ~3 min on 2 cores)
-    python examples/toy/run.py --preset standard     # the finals: every arm, 5 paired seeds (~77 min on 2 cores)
-    python examples/toy/run.py --preset gpu          # every arm, 8 seeds, parallel runs on one GPU
+``--setting glyphs`` (the default): 26 classes of characters rendered from ~100 typefaces (held-out
+faces for the evaluator), 32x32, trained in the 8x8x4 latent space of a tiny ``AutoencoderKL``
+(64 tokens); the target encoder sees the 32x32 glyph. ``--setting digits``: sklearn's 8x8 digits in
+pixel space (16 tokens), the first setting, kept as the record of what it measured.
+
+    python examples/toy/run.py                       # quick: none / REPA / VRPO, one seed (a demo)
+    python examples/toy/run.py --preset standard     # the finals: every arm, 5 paired seeds
+    python examples/toy/run.py --preset gpu          # every arm, 8 seeds, a larger model, parallel runs on one GPU
+    python examples/toy/run.py --preset standard --setting digits   # the digits finals (aggregates the cache)
     python examples/toy/run.py --arms none repa@2 "repa@2:time_weight=sigmoid" "vrpo@1:tau=0.05" --seeds 0 1
 
 An arm is a name (``none``, ``repa``, ``vrpo``, ``irepa``, ``va-repa``, ``haste``, ``sara``,
@@ -30,32 +36,42 @@ sys.path.insert(1, ROOT)  # the package, when it is not installed
 import torch  # noqa: E402
 
 import report  # noqa: E402
-from data import encoder_features, load_digits_16, pool_tokens  # noqa: E402
+from data import encoder_features, load_digits_16, pool_tokens, standardise_channels  # noqa: E402
 from evaluate import Evaluator  # noqa: E402
 from stats import steps_to_reach  # noqa: E402,F401  (re-exported)
 from train import Arm, build_alignment, parse_kv, train_run  # noqa: E402
 
-# The setting (docs/benchmark.md, "Calibration"): native 8x8 digits, 2x2 patches (a 4x4 token grid).
-SETTING = dict(image_size=8, patch=2, dim=64, depth=4, heads=4, align_depth=2, projector_dim=128, batch=128,
-               lr=4e-3, lr_schedule="constant", ema=0.99, steps=1200, eval_at=(100, 200, 300, 400, 600, 800, 1000, 1200),
-               ref_step=200,
-               eval_samples=500, sample_steps=10, sampler="euler")
-# the arms' coefficients (docs/ablation.md: the sweeps at this setting)
-REPA_COEFF = 8.0  # best mean FD at the early budget of 2, 4, 8, 16 (seeds 0, 1)
-VRPO_COEFF = 2.0  # best mean FD at the early budget of 0.5, 1, 2, 4 (seeds 0, 1)
+# The settings (docs/benchmark.md, "Calibration"), each with its arms' coefficients (docs/ablation.md: the sweeps).
+SETTINGS = {
+    # native 8x8 digits, 2x2 patches (a 4x4 token grid), pixel space;
+    # REPA 8: best mean FD at the early budget of 2, 4, 8, 16; VRPO 2: of 0.5, 1, 2, 4 (seeds 0, 1)
+    "digits": dict(image_size=8, patch=2, dim=64, depth=4, heads=4, align_depth=2, projector_dim=128, batch=128,
+                   lr=4e-3, lr_schedule="constant", ema=0.99, steps=1200,
+                   eval_at=(100, 200, 300, 400, 600, 800, 1000, 1200), ref_step=200,
+                   eval_samples=500, sample_steps=10, sampler="euler", space="pixel", encoder="vgg",
+                   target_stats="none", repa_coeff=8.0, vrpo_coeff=2.0),
+    # glyphs in the autoencoder's 8x8x4 latents, 1x1 patches (an 8x8 token grid)
+    "glyphs": dict(image_size=32, patch=1, dim=96, depth=4, heads=4, align_depth=2, projector_dim=256, batch=64,
+                   lr=2e-3, lr_schedule="constant", ema=0.99, steps=1200, eval_at=(200, 400, 600, 800, 1000, 1200),
+                   ref_step=400, eval_samples=520, sample_steps=16, sampler="euler", space="latent", encoder="vgg",
+                   target_stats="none", repa_coeff=4.0, vrpo_coeff=1.0),
+}
+SETTING = SETTINGS["digits"]  # the first setting's numbers, under its old name
 VRPO_KWARGS = "policy=correspondence,tau=0.1"
 HASTE_STOP = 0.5  # fraction of the run after which HASTE's alignment is off
 SARA_STRUCTURE = 1.0  # structure_coeff of the SARA-style arm
 FINAL_ARMS = ["none", "repa", "vrpo", "irepa", "va-repa", "haste", "sara", "vrpo-zscore", "vrpo-agreement",
               "vrpo-achievability", "vrpo-terminate"]
 PRESETS = {
-    # a demo in ~3 min on 2 cores (164 s measured from an empty cache): one seed, the first 600 steps
-    "quick": dict(arms=["none", "repa", "vrpo"], seeds=[0], steps=600, eval_at=(100, 200, 300, 400, 600), workers=2,
-                  threads=2),
+    # a demo: one seed, the first 600 steps
+    "quick": dict(arms=["none", "repa", "vrpo"], seeds=[0], steps=600, workers=2, threads=2),
     "standard": dict(arms=FINAL_ARMS, seeds=[0, 1, 2, 3, 4], workers=2, threads=2),
-    # one H200: many small runs side by side (not run in this project's sessions so far)
+    # one H200: many runs side by side, the model scaled up (glyphs: width 192, depth 6)
     "gpu": dict(arms=FINAL_ARMS, seeds=list(range(8)), workers=16, threads=16, device="cuda"),
 }
+# what the gpu preset changes in each setting
+GPU_SCALE = {"glyphs": dict(dim=192, depth=6, heads=6, lr=1e-3, steps=1600,
+                            eval_at=(200, 400, 600, 800, 1000, 1200, 1600)), "digits": {}}
 
 
 def named_arms(repa: float, vrpo: float, vrpo_kwargs: str) -> dict:
@@ -79,6 +95,10 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    p.add_argument("--setting", choices=sorted(SETTINGS), default="glyphs", help="data and model (see the docstring)")
+    p.add_argument("--space", choices=("latent", "pixel"), help="glyphs: train on the autoencoder's latents or on pixels")
+    p.add_argument("--target-stats", choices=("none", "global"), help="global: standardise each encoder channel over "
+                   "the whole training set (one affine map per channel) before any arm sees the targets")
     p.add_argument("--arms", nargs="+", help="arms to run (names or specs, see the module docstring)")
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--steps", type=int, help="training steps per run")
@@ -88,8 +108,8 @@ def get_args(argv=None):
     p.add_argument("--eval-samples", type=int, help="generated samples per evaluation (10 classes)")
     p.add_argument("--sample-steps", type=int, help="ODE steps of the sampler")
     p.add_argument("--sampler", choices=("euler", "heun"))
-    p.add_argument("--repa-coeff", type=float, default=REPA_COEFF, help="coefficient of the named REPA-based arms")
-    p.add_argument("--vrpo-coeff", type=float, default=VRPO_COEFF, help="coefficient of the named VRPO arms")
+    p.add_argument("--repa-coeff", type=float, help="coefficient of the named REPA-based arms (default: the setting's)")
+    p.add_argument("--vrpo-coeff", type=float, help="coefficient of the named VRPO arms (default: the setting's)")
     p.add_argument("--vrpo", default=VRPO_KWARGS, help="VRPOConfig kwargs of the named VRPO arms")
     for k in ("lr", "ema"):
         p.add_argument("--" + k, type=float)
@@ -98,7 +118,7 @@ def get_args(argv=None):
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), help="learning rate over the run: constant, "
                    "or cosine decay from --lr to 0 at the last step")
     p.add_argument("--device", help="cpu or cuda (default: the preset's, else cpu)")
-    p.add_argument("--encoder", choices=("vgg", "dinov2"), default="vgg")
+    p.add_argument("--encoder", choices=("vgg", "dinov2"))
     p.add_argument("--threads", type=int, help="CPU threads in all")
     p.add_argument("--workers", type=int, help="runs in parallel processes (threads split between them)")
     p.add_argument("--log-every", type=int, default=5, help="average out.metrics every this many steps")
@@ -110,9 +130,12 @@ def get_args(argv=None):
                    "seeds that every arm has")
     p.add_argument("--title", help="plot title")
     a = p.parse_args(argv)
-    preset = {**SETTING, **PRESETS[a.preset]}
+    setting = {**SETTINGS[a.setting], **(GPU_SCALE[a.setting] if a.preset == "gpu" else {})}
+    preset = {**setting, **PRESETS[a.preset]}
     if a.steps is not None and a.eval_at is None:  # a longer or shorter run: the setting's schedule, cut or extended
-        a.eval_at = tuple(s for s in SETTING["eval_at"] if s < a.steps)
+        a.eval_at = tuple(s for s in setting["eval_at"] if s < a.steps)
+    elif a.eval_at is None and "steps" in PRESETS[a.preset]:
+        a.eval_at = tuple(s for s in setting["eval_at"] if s < PRESETS[a.preset]["steps"])
     for k, v in preset.items():
         if getattr(a, k, None) is None:
             setattr(a, k, v)
@@ -123,8 +146,8 @@ def get_args(argv=None):
     a.eval_at = tuple(sorted(set(a.eval_at) | {a.steps}))
     if a.ref_step not in a.eval_at:
         p.error(f"--ref-step {a.ref_step} must be one of the evaluation steps {list(a.eval_at)}")
-    a.out = a.out or os.path.join(ROOT, "runs", "toy", a.preset)
-    a.title = a.title or f"toy benchmark ({a.preset})"
+    a.out = a.out or os.path.join(ROOT, "runs", "toy", a.preset if a.setting == "glyphs" else f"{a.setting}-{a.preset}")
+    a.title = a.title or f"toy benchmark, {a.setting} ({a.preset})"
     return a
 
 
@@ -143,7 +166,8 @@ def run_key(arm: Arm, seed: int, a) -> str:
     """Runs are reused only when every setting that changes their numbers is the same."""
     sig = json.dumps([arm.label, seed, a.steps, a.batch, list(a.eval_at), a.eval_samples, a.sample_steps,
                       a.sampler, a.lr, a.ema, a.image_size, a.patch, a.dim, a.depth, a.heads, a.align_depth,
-                      a.projector_dim, a.encoder] + ([a.lr_schedule] if a.lr_schedule != "constant" else []))
+                      a.projector_dim, a.encoder] + ([a.lr_schedule] if a.lr_schedule != "constant" else [])
+                     + ([a.setting, a.space, a.target_stats] if a.setting != "digits" else []))
     return hashlib.sha1(sig.encode()).hexdigest()[:10]
 
 
@@ -152,11 +176,32 @@ def safe(label: str) -> str:
 
 
 def setup(a, progress=True):
-    """Training digits at the model's resolution, encoder tokens pooled to its token grid, the evaluator."""
-    data = load_digits_16(a.image_size)
-    feats = encoder_features(data.x_train, a.encoder, a.cache_dir, progress=progress)
-    feats = pool_tokens(feats, a.image_size // a.patch)
-    return data, feats, Evaluator(load_digits_16(16), a.cache_dir, n_per_class=a.eval_samples // 10)
+    """The training set in the model's space, encoder tokens on its token grid, the evaluator.
+
+    Digits: the images at the model's resolution. Glyphs: the autoencoder's latents (``decode`` maps
+    samples back to images) or the 32x32 images (``--space pixel``).
+    """
+    if a.setting == "digits":
+        data = load_digits_16(a.image_size)
+        feats = encoder_features(data.x_train, a.encoder, a.cache_dir, progress=progress)
+        evaluator = Evaluator(load_digits_16(16), a.cache_dir, n_per_class=a.eval_samples // 10)
+    else:
+        from types import SimpleNamespace
+
+        from autoencoder import encode_cached, train_autoencoder
+        from glyphs import load_glyphs
+
+        g = load_glyphs(a.cache_dir, progress=progress)
+        evaluator = Evaluator(g, a.cache_dir, n_per_class=a.eval_samples // g.num_classes, epochs=10)
+        feats = encoder_features(g.x_train, a.encoder, a.cache_dir, progress=progress)
+        data = SimpleNamespace(x_train=g.x_train, y_train=g.y_train, num_classes=g.num_classes)
+        if a.space == "latent":
+            codec = train_autoencoder(g.x_train, a.cache_dir, progress=progress).to(a.device)
+            data.x_train, data.decode = encode_cached(codec, g.x_train, a.cache_dir), codec.decode
+    if a.target_stats == "global":
+        feats = standardise_channels(feats)
+    grid = data.x_train.shape[-1] // a.patch
+    return data, pool_tokens(feats, grid), evaluator
 
 
 def _worker(a, job, position):

@@ -135,8 +135,11 @@ def push_diagnostic(align, h: torch.Tensor, y: torch.Tensor, vrpo_loss: torch.Te
             "push/total_vs_repa": float(g_vrpo.norm() / n_repa)}
 
 
-def _evaluate(model, evaluator, y_eval, noise, cfg, dev):
-    xs = sample(model, y_eval.to(dev), noise.to(dev), steps=cfg.sample_steps, method=cfg.sampler).cpu()
+def _evaluate(model, evaluator, y_eval, noise, cfg, dev, decode=None):
+    """Samples of ``model`` (decoded to images when it trains in a latent space) and their scores."""
+    xs = sample(model, y_eval.to(dev), noise.to(dev), steps=cfg.sample_steps, method=cfg.sampler,
+                clamp=decode is None)
+    xs = (decode(xs) if decode is not None else xs).cpu()
     return xs, evaluator(xs, y_eval)
 
 
@@ -144,17 +147,19 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
               progress=None) -> dict:
     """Train one (arm, seed) for ``cfg.steps`` steps, evaluating at ``cfg.eval_at``; returns a record.
 
-    ``data.x_train`` holds the training images at the model's resolution, ``feats`` the encoder tokens
-    on the model's token grid (``pool_tokens``). With ``cfg.ema`` > 0 the evaluated model is an
+    ``data.x_train`` holds the training images at the model's resolution (or their latents, with
+    ``data.decode`` mapping latents to images for evaluation), ``data.num_classes`` the classes (10 if
+    absent), ``feats`` the encoder tokens on the model's token grid (``pool_tokens``). With ``cfg.ema`` > 0 the evaluated model is an
     exponential moving average of the weights (decay ``min(ema, (1 + step) / (10 + step))``). At the
     last evaluation the samples are drawn a second
     time from other noise (``fd_redraw``): the evaluator's own noise, same model, two sample draws.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)
-    size = data.x_train.shape[-1]
-    model = ToySiT(image_size=size, patch=getattr(cfg, "patch", 2), dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
-                   align_depth=cfg.align_depth)
+    size, chans = data.x_train.shape[-1], data.x_train.shape[1]
+    n_classes, decode = getattr(data, "num_classes", 10), getattr(data, "decode", None)
+    model = ToySiT(image_size=size, channels=chans, patch=getattr(cfg, "patch", 2), dim=cfg.dim, depth=cfg.depth,
+                   heads=cfg.heads, num_classes=n_classes, align_depth=cfg.align_depth)
     align = build_alignment(arm, cfg.dim, feats.shape[-1], cfg.projector_dim, steps=cfg.steps,
                             diagnostics_every=getattr(cfg, "diag_every", None))
     dev = torch.device(getattr(cfg, "device", "cpu"))
@@ -169,10 +174,11 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
              if getattr(cfg, "lr_schedule", "constant") == "cosine" else None)
     g = torch.Generator().manual_seed(seed)  # batches, times and noise: identical across arms
     x_all, y_all, feats = data.x_train.to(dev), data.y_train.to(dev), feats.to(dev)
-    n_cls = cfg.eval_samples // 10
-    y_eval = torch.arange(10).repeat_interleave(n_cls)
-    noise_eval = torch.randn(len(y_eval), 1, size, size, generator=torch.Generator().manual_seed(10_000 + seed))
-    noise_redraw = torch.randn(len(y_eval), 1, size, size, generator=torch.Generator().manual_seed(20_000 + seed))
+    n_cls = cfg.eval_samples // n_classes
+    y_eval = torch.arange(n_classes).repeat_interleave(n_cls)
+    shape = (len(y_eval), chans, size, size)
+    noise_eval = torch.randn(shape, generator=torch.Generator().manual_seed(10_000 + seed))
+    noise_redraw = torch.randn(shape, generator=torch.Generator().manual_seed(20_000 + seed))
 
     record = {"arm": arm.label, "mode": arm.mode, "coeff": arm.coeff, "kwargs": arm.kwargs, "seed": seed,
               "evals": [], "metrics": {}}
@@ -184,7 +190,7 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         idx = perm[pos:pos + cfg.batch]
         pos += cfg.batch
         t = torch.rand(len(idx), generator=g).to(dev)
-        eps = torch.randn(len(idx), 1, size, size, generator=g).to(dev)
+        eps = torch.randn(len(idx), chans, size, size, generator=g).to(dev)
         idx = idx.to(dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -195,11 +201,12 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         denoise = ((v - (eps - x0)) ** 2).flatten(1).mean(1)  # (B,)
         loss = denoise.mean()
         if align is not None:
-            out = align(h, feats[idx], t=t, denoise_loss=denoise.detach())
+            yf = feats[idx].float()  # cached in half precision
+            out = align(h, yf, t=t, denoise_loss=denoise.detach())
             loss = loss + arm.coeff * out.loss
             if arm.mode == "vrpo" and getattr(cfg, "diag_every", 0) and step % cfg.diag_every == 0:
                 tic_d = time.perf_counter()
-                for k, val in push_diagnostic(align, h, feats[idx], out.loss).items():
+                for k, val in push_diagnostic(align, h, yf, out.loss).items():
                     diag[k] = diag.get(k, 0.0) + val
                 diag_n += 1
                 tic += time.perf_counter() - tic_d  # not training time
@@ -223,15 +230,16 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
             progress.update(1)
         if step in cfg.eval_at:
             net = model if ema is None else ema
-            xs, ev = _evaluate(net, evaluator, y_eval, noise_eval, cfg, dev)
+            xs, ev = _evaluate(net, evaluator, y_eval, noise_eval, cfg, dev, decode)
             ev.update(step=step, train_s=round(train_time, 3), loss=float(denoise.detach().mean()))
             if step == cfg.steps:
-                ev["fd_redraw"] = _evaluate(net, evaluator, y_eval, noise_redraw, cfg, dev)[1]["fd"]
+                ev["fd_redraw"] = _evaluate(net, evaluator, y_eval, noise_redraw, cfg, dev, decode)[1]["fd"]
             record["evals"].append(ev)
             if progress is not None:
                 progress.set_postfix(arm=arm.label[:24], seed=seed, step=step, fd=f"{ev['fd']:.0f}")
             if grid_path and step == cfg.steps:
-                save_grid(xs.view(10, n_cls, 1, size, size)[:, :10].reshape(-1, 1, size, size), grid_path)
+                side = xs.shape[-1]
+                save_grid(xs.view(n_classes, n_cls, 1, side, side)[:, :10].reshape(-1, 1, side, side), grid_path)
     record["step_ms"] = 1000 * train_time / cfg.steps
     record["wall_s"] = time.perf_counter() - start  # training, diagnostics and evaluation
     record["cpu_s"] = time.process_time() - cpu_start  # the same in CPU time (core-seconds), whatever the load

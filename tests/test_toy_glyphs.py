@@ -1,0 +1,109 @@
+"""The toy benchmark's glyph setting: rendering, the latent space, target statistics, a latent run."""
+import os
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "toy"))
+
+from train import Arm, train_run  # noqa: E402
+
+DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def test_render_is_a_centred_deterministic_glyph():
+    pytest.importorskip("PIL")
+    if not os.path.exists(DEJAVU):
+        pytest.skip("fonts-dejavu-core is not installed")
+    from glyphs import render
+
+    a = render(DEJAVU, "A", np.random.default_rng(0))
+    b = render(DEJAVU, "A", np.random.default_rng(0))
+    c = render(DEJAVU, "B", np.random.default_rng(0))
+    assert a.shape == (32, 32) and a.dtype == np.uint8 and np.array_equal(a, b) and not np.array_equal(a, c)
+    ys, xs = np.nonzero(a > 64)
+    # the ink lies inside the canvas with a margin (size <= 26 px, shift <= 2 px) and near its centre
+    assert 0 < ys.min() and ys.max() < 31 and 0 < xs.min() and xs.max() < 31
+    assert abs(np.average(ys, weights=a[ys, xs]) - 15.5) < 4 and abs(np.average(xs, weights=a[ys, xs]) - 15.5) < 4
+
+
+def test_faces_are_split_by_name_and_symbol_faces_dropped(tmp_path):
+    pytest.importorskip("fontTools")
+    from glyphs import find_faces, split_faces
+
+    faces = [f"/f/{n}.ttf" for n in "abcdefghijklmnopqrstuvwxyz"]
+    tr, te = split_faces(faces)
+    assert sorted(tr + te) == faces and te and tr and not set(tr) & set(te)
+    # stable: a face keeps its side when others are added
+    tr2, te2 = split_faces(faces + ["/f/zz.ttf"])
+    assert set(te) <= set(te2) and set(tr) <= set(tr2)
+    if os.path.exists(DEJAVU):
+        found = find_faces(dirs=(os.path.dirname(DEJAVU),))
+        assert DEJAVU in found and not any("symbol" in f.lower() for f in found)
+
+
+def test_standardise_channels_matches_a_float64_reference():
+    from data import standardise_channels
+
+    g = torch.Generator().manual_seed(0)
+    f = (torch.randn(50, 16, 6, generator=g) * torch.tensor([1.0, 3, 0.1, 10, 1, 2]) + 5).half()
+    out = standardise_channels(f, chunk=7)  # chunks that do not divide the set
+    ref = f.double().flatten(0, 1)
+    ref = ((ref - ref.mean(0)) / ref.std(0, unbiased=False)).view(50, 16, 6)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.double(), ref, atol=2e-3, rtol=2e-3)
+
+
+def test_autoencoder_round_trip_shapes_and_cache(tmp_path):
+    pytest.importorskip("diffusers")
+    import autoencoder
+
+    x = torch.rand(8, 1, 32, 32) * 2 - 1
+    codec = autoencoder.train_autoencoder(x, str(tmp_path), steps=2, batch=4, progress=False)
+    z = codec.encode(x)
+    assert z.shape == (8, 4, 8, 8)
+    assert z.std().item() == pytest.approx(1.0, rel=1e-3)  # the latent scale gives unit variance
+    assert codec.decode(z).shape == x.shape
+    again = autoencoder.train_autoencoder(x, str(tmp_path), steps=2, batch=4, progress=False)  # from the cache
+    assert again.scale == codec.scale
+    torch.testing.assert_close(again.encode(x), z)
+    torch.testing.assert_close(autoencoder.encode_cached(codec, x, str(tmp_path)), z)
+
+
+def test_latent_run_decodes_samples_for_the_evaluator():
+    torch.manual_seed(0)
+    decoded = []
+
+    def decode(z):  # a stand-in decoder: latents (N, 4, 4, 4) -> images (N, 1, 8, 8)
+        decoded.append(z.shape)
+        return torch.nn.functional.interpolate(z.mean(1, keepdim=True), scale_factor=2).clamp(-1, 1)
+
+    data = SimpleNamespace(x_train=torch.randn(40, 4, 4, 4), y_train=torch.randint(0, 26, (40,)), num_classes=26,
+                           decode=decode)
+    seen = []
+
+    def evaluator(x, y):
+        seen.append((x.shape, y.max().item()))
+        return {"fd": 1.0, "acc": 0.5}
+
+    cfg = SimpleNamespace(dim=16, depth=2, heads=2, align_depth=1, projector_dim=16, lr=1e-3, batch=8, steps=2, patch=1,
+                          eval_at=(2,), eval_samples=52, sample_steps=2, sampler="euler", log_every=1, diag_every=0,
+                          ema=0.0)
+    rec = train_run(Arm.parse("repa@1"), 0, data, torch.randn(40, 16, 8).half(), evaluator, cfg)
+    # 52 samples = 2 per class of 26, drawn as (4, 4, 4) latents and decoded before scoring (and the redraw)
+    assert decoded == [(52, 4, 4, 4)] * 2 and seen == [((52, 1, 8, 8), 25)] * 2
+    assert "fd_redraw" in rec["evals"][-1]
+
+
+def test_glyph_setting_arguments():
+    from run import SETTINGS, get_args
+
+    a = get_args([])
+    assert a.setting == "glyphs" and a.space == "latent" and a.repa_coeff == SETTINGS["glyphs"]["repa_coeff"]
+    assert a.eval_at[-1] == a.steps == 600 and a.ref_step in a.eval_at
+    d = get_args(["--setting", "digits", "--preset", "standard"])
+    assert (d.image_size, d.patch, d.steps, d.repa_coeff, d.vrpo_coeff) == (8, 2, 1200, 8.0, 2.0)
+    assert d.out.endswith("digits-standard")
