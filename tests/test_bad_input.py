@@ -72,7 +72,7 @@ def valid_options(draw):
     adaptive = pick("none", "achievability", *(("agreement",) if hidden is not None else ()))
     return dict(
         mode=pick("vrpo", "repa"), policy=pick("gaussian", "correspondence"), hidden_dim=hidden, target_dims=(pick(4, 8),),
-        projector_dim=draw(st.integers(1, 8)), tau=f(1e-3, 10.0), antithetic=antithetic,
+        projector_dim=2048 if conv else draw(st.integers(1, 8)), tau=f(1e-3, 10.0), antithetic=antithetic,
         group_size=2 * draw(st.integers(1, 3)) if antithetic else draw(st.integers(2, 5)),
         sigma_min=s_min, sigma_max=s_max, sigma=f(s_min, s_max), space=pick("sphere", "euclidean"),
         control_variate=draw(st.booleans()), learn_sigma=learn, sigma_final=f(s_min, s_max) if sched else None,
@@ -242,7 +242,7 @@ CONFIGS = {
     "peers-gaussian": dict(policy="gaussian", group_size=4, **PEERS),
     "peers-repa": dict(mode="repa", **PEERS),
     "projector": dict(hidden_dim=6, projector_dim=5, sample_weight=-0.5, decodability_weight=0.5),
-    "conv-projector": dict(hidden_dim=6, projector_dim=5, projector="conv", mode="repa", structure_coeff=0.5),
+    "conv-projector": dict(hidden_dim=6, projector="conv", mode="repa", structure_coeff=0.5),
     "stopped": dict(policy="gaussian", group_size=2, stop_step=0),
 }
 

@@ -72,7 +72,7 @@ def conv_ref(x, weight, bias):
 
 
 def conv_projector_ref(h, convs, grid):
-    """Conv, SiLU, Conv, SiLU, Conv over the row-major token grid, per sample."""
+    """The convolutions (SiLU between them) over the row-major token grid, per sample."""
     gh, gw = grid
     outs = []
     for b in range(h.shape[0]):
@@ -131,10 +131,12 @@ def test_conv_projector_matches_reference(grid, kernel):
     d = 4
     h, _, _ = data(n=n, c=d)
     y = torch.randn(B, n, C)
-    align = VRPOAlignment(hidden_dim=d, target_dims=(C,), projector_dim=7, projector="conv", projector_kernel=kernel,
-                          token_grid=grid, mode="repa")
+    align = VRPOAlignment(hidden_dim=d, target_dims=(C,), projector="conv", projector_kernel=kernel, token_grid=grid,
+                          mode="repa")
     convs = [m for m in align.modules() if isinstance(m, nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(d, 7, (kernel,) * 2), (7, 7, (kernel,) * 2), (7, C, (kernel,) * 2)]
+    # iREPA's projector: one Conv2d(D, C, k, padding=k // 2), nothing else with parameters
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [(d, C, (kernel,) * 2, (kernel // 2,) * 2)]
+    assert sum(p.numel() for p in align.parameters()) == d * C * kernel ** 2 + C
     out = align(h, y)
     mu = conv_projector_ref(h, convs, grid or (2, 2))
     ref = repa_ref(mu, y)
@@ -147,7 +149,7 @@ def test_conv_projector_vrpo_is_vrpo_on_projected_features():
     d, grid = 4, (2, 3)
     h, _, t = data(n=6, c=d)
     y = torch.randn(B, 6, C)
-    align = VRPOAlignment(hidden_dim=d, target_dims=(C,), projector_dim=7, projector="conv", token_grid=grid)
+    align = VRPOAlignment(hidden_dim=d, target_dims=(C,), projector="conv", token_grid=grid)
     convs = [m for m in align.modules() if isinstance(m, nn.Conv2d)]
     out = align(h, y, t=t)
     mu = conv_projector_ref(h, convs, grid)
@@ -156,14 +158,16 @@ def test_conv_projector_vrpo_is_vrpo_on_projected_features():
 
 
 def test_conv_projector_grid_errors():
-    align = VRPOAlignment(hidden_dim=4, target_dims=(C,), projector_dim=7, projector="conv", mode="repa")
+    align = VRPOAlignment(hidden_dim=4, target_dims=(C,), projector="conv", mode="repa")
     with pytest.raises(ValueError, match="token_grid"):
         align(torch.randn(B, 6, 4), torch.randn(B, 6, C))  # 6 tokens: not a square
-    align = VRPOAlignment(hidden_dim=4, target_dims=(C,), projector_dim=7, projector="conv", token_grid=(2, 2), mode="repa")
+    align = VRPOAlignment(hidden_dim=4, target_dims=(C,), projector="conv", token_grid=(2, 2), mode="repa")
     with pytest.raises(ValueError, match="token_grid"):
         align(torch.randn(B, 6, 4), torch.randn(B, 6, C))  # 2 x 2 holds 4 tokens
     with pytest.raises(ValueError, match="projector"):
         VRPOAlignment(hidden_dim=None, target_dims=(C,), projector="conv")
+    with pytest.raises(ValueError, match="^projector_dim: iREPA's conv projector"):  # a width it would not use
+        VRPOAlignment(hidden_dim=4, target_dims=(C,), projector="conv", projector_dim=7)
 
 
 # ----------------------------------------------------------------------------- VA-REPA: time weight
@@ -328,7 +332,7 @@ def test_torch_compile_repa_with_peer_options_gives_eager_values():
     import torch._dynamo
 
     torch._dynamo.reset()
-    kw = dict(hidden_dim=4, target_dims=(C,), projector_dim=7, mode="repa", projector="conv", token_grid=(2, 3),
+    kw = dict(hidden_dim=4, target_dims=(C,), mode="repa", projector="conv", token_grid=(2, 3),
               target_norm="zscore", time_weight="sigmoid", structure_coeff=0.5, stop_step=4, stop_ramp=2)
     eager = VRPOAlignment(**kw)
     module = copy.deepcopy(eager)
@@ -395,7 +399,7 @@ def test_zscore_needs_two_tokens():
 
 
 def test_token_grid_is_normalised_to_a_tuple():
-    align = VRPOAlignment(hidden_dim=4, target_dims=(C,), projector_dim=7, projector="conv", token_grid=[2, 3])
+    align = VRPOAlignment(hidden_dim=4, target_dims=(C,), projector="conv", token_grid=[2, 3])
     assert align.config.token_grid == (2, 3)
 
 

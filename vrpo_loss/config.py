@@ -31,7 +31,7 @@ class VRPOConfig:
     mode: str = _opt("vrpo", "'vrpo': the reward-guided objective; 'repa': REPA's projection loss exactly (A/B baseline).")
     hidden_dim: Optional[int] = _opt(None, "Width D of the diffusion features. None: features are already projected (REPA's zs_tilde).")
     target_dims: Tuple[int, ...] = _opt((768,), "Width C of each encoder's tokens, one entry per encoder (DINOv2-B: 768).")
-    projector_dim: int = _opt(2048, "Hidden width of REPA's projector MLP (D -> P -> P -> C).")
+    projector_dim: int = _opt(2048, "Hidden width of REPA's projector MLP (D -> P -> P -> C); projector='mlp' only.")
     # --- policy
     policy: str = _opt("correspondence", "Policy family: 'correspondence' (categorical over the encoder tokens of the same image, exact expectation) or 'gaussian' (sampled actions).")
     tau: float = _opt(0.1, "Correspondence policy: softmax temperature over cos(mu_i, y_j); smaller is sharper.")
@@ -73,7 +73,7 @@ class VRPOConfig:
     # --- peer methods (docs/algorithm.md, "Peer options"): each composes with mode='repa' and mode='vrpo'
     target_norm: str = _opt("none", "iREPA: 'zscore' replaces the targets, per sample and channel over the tokens, by (y - zscore_alpha * mean) / (std + 1e-6) (unbiased std), before everything else; 'none' leaves them.")
     zscore_alpha: float = _opt(0.6, "iREPA: share a of the token mean that target_norm='zscore' removes, in [0, 1].")
-    projector: str = _opt("mlp", "Projector of the module (only with hidden_dim set): 'mlp' is REPA's MLP; 'conv' (iREPA) has the same widths with convolutions of kernel projector_kernel over the token grid.")
+    projector: str = _opt("mlp", "Projector of the module (only with hidden_dim set): 'mlp' is REPA's MLP; 'conv' is iREPA's: one Conv2d(D, C, projector_kernel, padding=projector_kernel // 2) over the token grid.")
     projector_kernel: int = _opt(3, "projector='conv': kernel size, odd (the padding keeps the token grid).")
     token_grid: Optional[Tuple[int, int]] = _opt(None, "projector='conv': (H, W) of the row-major token grid; None: a square grid of sqrt(N) x sqrt(N) (else an error).")
     time_weight: str = _opt("uniform", "VA-REPA: 'sigmoid' weights each sample's loss by w_b = sigmoid(k * (c - t_b)) (t = 1 noise), the loss becoming sum_b w_b loss_b / sum_b w_b (needs t); 'uniform': no time weight.")

@@ -223,6 +223,9 @@ def _projector(c) -> Optional[str]:
     if c.projector == "conv" and c.hidden_dim is None:
         return ("projector: 'conv' builds the module's own projector and needs hidden_dim (the features' width), got "
                 "hidden_dim=None (features already projected by the host); give hidden_dim or use projector='mlp'")
+    if c.projector == "conv" and c.projector_dim != type(c).default("projector_dim"):
+        return (f"projector_dim: iREPA's conv projector is one convolution D -> C with no hidden width, got "
+                f"projector_dim={c.projector_dim} with projector='conv'; drop projector_dim (or use projector='mlp')")
     if c.token_grid is not None and c.projector != "conv":
         return f"token_grid: only projector='conv' reads the token grid, got token_grid={c.token_grid} with projector={c.projector!r}; drop it"
     return None

@@ -2,10 +2,10 @@
 
 - ``"mlp"``: REPA's projector, the layout of ``build_mlp`` in REPA's ``models/sit.py``: Linear D->P,
   SiLU, Linear P->P, SiLU, Linear P->C, so a REPA checkpoint's projector weights load into it unchanged.
-- ``"conv"``: iREPA's idea (arXiv 2512.10794, End2End-Diffusion/iREPA): convolutions over the token
-  grid, so each projected token sees its neighbours. Here with the MLP's widths and activations
-  (Conv D->P, SiLU, Conv P->P, SiLU, Conv P->C, kernel k, padding k // 2); iREPA's own projector
-  is a single ``Conv2d(D, C, 3, padding=1)`` (``docs/algorithm.md``, "Peer options").
+- ``"conv"``: iREPA's projector (arXiv 2512.10794; ``ProjectionLayer`` in End2End-Diffusion/iREPA's
+  ``jit/projectors.py`` and ``ldm/models/sit.py``): one ``Conv2d(D, C, k, padding=k // 2)`` over the
+  row-major token grid, so each projected token sees its neighbours. (The first release's three-layer
+  variant with the MLP's widths is retired: see CHANGELOG.md.)
 """
 
 from __future__ import annotations
@@ -37,40 +37,35 @@ def grid_shape(n: int, token_grid: Optional[Tuple[int, int]]) -> Tuple[int, int]
 
 
 class ConvProjector(nn.Module):
-    """REPA's projector with convolutions of kernel ``kernel`` over the (H, W) token grid.
+    """iREPA's projector: one convolution of kernel ``kernel`` over the (H, W) token grid.
 
     Shape:
         input (B, N, hidden_dim), N = H * W row-major -> output (B, N, target_dim).
     """
 
-    def __init__(self, hidden_dim: int, target_dim: int, projector_dim: int, *, kernel: int,
-                 token_grid: Optional[Tuple[int, int]] = None):
+    def __init__(self, hidden_dim: int, target_dim: int, *, kernel: int, token_grid: Optional[Tuple[int, int]] = None):
         super().__init__()
         self.token_grid = token_grid
-
-        def conv(i: int, o: int) -> nn.Conv2d:
-            return nn.Conv2d(i, o, kernel_size=kernel, padding=kernel // 2)
-
-        self.net = nn.Sequential(conv(hidden_dim, projector_dim), nn.SiLU(), conv(projector_dim, projector_dim), nn.SiLU(),
-                                 conv(projector_dim, target_dim))
+        self.conv = nn.Conv2d(hidden_dim, target_dim, kernel_size=kernel, padding=kernel // 2)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         b, n, d = h.shape
         gh, gw = grid_shape(n, self.token_grid)
-        x = self.net(h.transpose(1, 2).reshape(b, d, gh, gw))
+        x = self.conv(h.transpose(1, 2).reshape(b, d, gh, gw))
         return x.flatten(2).transpose(1, 2)
 
 
 def build_projector(hidden_dim: int, target_dim: int, projector_dim: int = VRPOConfig.default("projector_dim"), *,
                     kind: str = VRPOConfig.default("projector"), kernel: int = VRPOConfig.default("projector_kernel"),
                     token_grid: Optional[Tuple[int, int]] = None) -> nn.Module:
-    """REPA's projector MLP (``kind="mlp"``), or the same widths as convolutions (``kind="conv"``).
+    """REPA's projector MLP (``kind="mlp"``, widths D -> P -> P -> C), or iREPA's convolution (``kind="conv"``,
+    D -> C; ``projector_dim`` unused).
 
     Shape:
         input (..., hidden_dim) -> output (..., target_dim); ``"conv"``: (B, N, hidden_dim) only.
     """
     if kind == "conv":
-        return ConvProjector(hidden_dim, target_dim, projector_dim, kernel=kernel, token_grid=token_grid)
+        return ConvProjector(hidden_dim, target_dim, kernel=kernel, token_grid=token_grid)
     if kind != "mlp":
         raise ValueError(f"projector: expected 'mlp' or 'conv', got {kind!r}")
     return nn.Sequential(
