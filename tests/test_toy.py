@@ -94,7 +94,7 @@ def test_named_arms_are_the_finals():
     assert all(Arm.parse(names.get(a, a)).label for a in FINAL_ARMS)  # a name, or a spec such as repa@2
     assert {"none", "repa", "vrpo", "irepa", "va-repa", "haste", "sara", "vrpo-zscore"} <= set(FINAL_ARMS)
     arms = {k: Arm.parse(v) for k, v in names.items()}
-    assert arms["irepa"].kwargs == {"target_norm": "zscore", "projector": "conv"} and arms["irepa"].coeff == 2.0
+    assert arms["irepa"].kwargs == {"target_norm": "zscore", "projector": "conv"} and arms["irepa"].coeff == 4.0
     assert arms["va-repa"].kwargs == {"time_weight": "sigmoid"}
     assert arms["haste"].resolve(1000)["stop_step"] == 500
     assert arms["vrpo-zscore"].kwargs == {"policy": "correspondence", "tau": 0.1, "target_norm": "zscore"}

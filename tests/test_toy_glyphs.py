@@ -107,3 +107,34 @@ def test_glyph_setting_arguments():
     d = get_args(["--setting", "digits", "--preset", "standard"])
     assert (d.image_size, d.patch, d.steps, d.repa_coeff, d.vrpo_coeff) == (8, 2, 1200, 8.0, 2.0)
     assert d.out.endswith("digits-standard")
+
+
+def test_an_arm_with_global_target_stats_trains_on_that_target_set():
+    torch.manual_seed(0)
+    data = SimpleNamespace(x_train=torch.rand(24, 1, 8, 8) * 2 - 1, y_train=torch.randint(0, 10, (24,)))
+    raw, other = torch.randn(24, 16, 8), torch.randn(24, 16, 8)
+    cfg = SimpleNamespace(dim=16, depth=2, heads=2, align_depth=1, projector_dim=16, lr=1e-2, batch=8, steps=3,
+                          eval_at=(3,), eval_samples=10, sample_steps=2, sampler="euler", log_every=1, diag_every=0,
+                          ema=0.0)
+    seen = []
+
+    def evaluator(x, y):
+        seen.append(x.clone())
+        return {"fd": 1.0, "acc": 0.5}
+
+    train_run(Arm.parse("repa@1:target_stats=global"), 0, data, {"none": raw, "global": other}, evaluator, cfg)
+    train_run(Arm.parse("repa@1"), 0, data, other, evaluator, cfg)  # the same targets, given directly
+    train_run(Arm.parse("repa@1"), 0, data, {"none": raw, "global": other}, evaluator, cfg)
+    assert torch.equal(seen[0], seen[2]) and not torch.equal(seen[0], seen[4])
+
+
+def test_time_budget_stops_new_runs(tmp_path, monkeypatch):
+    import run
+
+    a = run.get_args(["--setting", "digits", "--arms", "none", "repa@1", "--seeds", "0", "1", "--workers", "1",
+                      "--out", str(tmp_path)])
+    a.deadline, a.aggregate_only = 0.0, False  # spent before the first run
+    started = []
+    monkeypatch.setattr(run, "train_run", lambda *x, **k: started.append(x) or {})
+    records, n_new = run.execute(a, run.parse_arms(a), None, None, None)
+    assert started == [] and records == []

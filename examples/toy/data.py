@@ -180,13 +180,14 @@ def encoder_features(x: torch.Tensor, encoder: str, cache_dir: str, batch: int =
     path = os.path.join(cache_dir, f"feats_{encoder}_{key}.pt")
     if os.path.exists(path):
         return torch.load(path, weights_only=True)
-    enc = ENCODERS[encoder]()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # (a GPU's features differ from a CPU's in the last bits)
+    enc = ENCODERS[encoder]().to(dev)
     chunks = range(0, len(x), batch)
     if progress:
         from tqdm import tqdm
 
         chunks = tqdm(chunks, desc=f"{encoder} features (cached once)", leave=False)
-    feats = torch.cat([enc(x[i:i + batch]) for i in chunks]).half()
+    feats = torch.cat([enc(x[i:i + batch].to(dev)).half().cpu() for i in chunks])
     os.makedirs(cache_dir, exist_ok=True)
     torch.save(feats, path + ".tmp")
     os.replace(path + ".tmp", path)

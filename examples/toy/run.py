@@ -49,12 +49,12 @@ SETTINGS = {
                    lr=4e-3, lr_schedule="constant", ema=0.99, steps=1200,
                    eval_at=(100, 200, 300, 400, 600, 800, 1000, 1200), ref_step=200,
                    eval_samples=500, sample_steps=10, sampler="euler", space="pixel", encoder="vgg",
-                   target_stats="none", repa_coeff=8.0, vrpo_coeff=2.0),
+                   repa_coeff=8.0, vrpo_coeff=2.0),
     # glyphs in the autoencoder's 8x8x4 latents, 1x1 patches (an 8x8 token grid)
     "glyphs": dict(image_size=32, patch=1, dim=96, depth=4, heads=4, align_depth=2, projector_dim=256, batch=64,
                    lr=2e-3, lr_schedule="constant", ema=0.99, steps=1200, eval_at=(200, 400, 600, 800, 1000, 1200),
                    ref_step=400, eval_samples=520, sample_steps=16, sampler="euler", space="latent", encoder="vgg",
-                   target_stats="none", repa_coeff=4.0, vrpo_coeff=1.0),
+                   repa_coeff=4.0, vrpo_coeff=1.0),
 }
 SETTING = SETTINGS["digits"]  # the first setting's numbers, under its old name
 VRPO_KWARGS = "policy=correspondence,tau=0.1"
@@ -80,7 +80,8 @@ def named_arms(repa: float, vrpo: float, vrpo_kwargs: str) -> dict:
         "none": "none",
         "repa": f"repa@{repa:g}",
         "vrpo": f"vrpo@{vrpo:g}:{vrpo_kwargs}",
-        "irepa": f"repa@{repa:g}:target_norm=zscore,projector=conv",  # iREPA: z-scored targets, conv projector
+        # iREPA: spatially z-scored targets, its one-conv projector, at twice REPA's coefficient (its configs: 1.0 / 0.5)
+        "irepa": f"repa@{2 * repa:g}:target_norm=zscore,projector=conv",
         "va-repa": f"repa@{repa:g}:time_weight=sigmoid",  # VA-REPA: sigmoid(20 (0.7 - t)) weights
         "haste": f"repa@{repa:g}:stop_step={HASTE_STOP:g}",  # HASTE: alignment off after half the run
         "sara": f"repa@{repa:g}:structure_coeff={SARA_STRUCTURE:g}",  # SARA-style self-similarity term
@@ -97,8 +98,6 @@ def get_args(argv=None):
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     p.add_argument("--setting", choices=sorted(SETTINGS), default="glyphs", help="data and model (see the docstring)")
     p.add_argument("--space", choices=("latent", "pixel"), help="glyphs: train on the autoencoder's latents or on pixels")
-    p.add_argument("--target-stats", choices=("none", "global"), help="global: standardise each encoder channel over "
-                   "the whole training set (one affine map per channel) before any arm sees the targets")
     p.add_argument("--arms", nargs="+", help="arms to run (names or specs, see the module docstring)")
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--steps", type=int, help="training steps per run")
@@ -127,6 +126,9 @@ def get_args(argv=None):
                    "every this many steps (0: never)")
     p.add_argument("--cache-dir", default=os.path.join(ROOT, "cache", "toy"))
     p.add_argument("--out", help="output folder (default runs/toy/<preset>)")
+    p.add_argument("--time-budget", type=float, help="minutes: no run starts later than this after the command "
+                   "started (runs are queued seed by seed, so whole seeds complete first); the report covers the "
+                   "seeds every arm completed")
     p.add_argument("--aggregate-only", action="store_true", help="train nothing: report the cached runs, over the "
                    "seeds that every arm has")
     p.add_argument("--title", help="plot title")
@@ -171,7 +173,7 @@ def run_key(arm: Arm, seed: int, a) -> str:
     if a.setting != "digits":  # (the digits' keys stay those of the runs in its committed results)
         targets = arm.mode != "none"  # without targets, the encoder and its statistics change nothing
         sig[-1] = a.encoder if targets else None
-        sig += [a.setting, a.space, a.target_stats if targets else None]
+        sig += [a.setting, a.space, "none" if targets else None]  # (an arm's target_stats is in its label)
     return hashlib.sha1(json.dumps(sig).encode()).hexdigest()[:10]
 
 
@@ -179,7 +181,7 @@ def safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "@.=-" else "_" for c in label)
 
 
-def setup(a, progress=True):
+def setup(a, progress=True, global_stats=False):
     """The training set in the model's space, encoder tokens on its token grid, the evaluator.
 
     Digits: the images at the model's resolution. Glyphs: the autoencoder's latents (``decode`` maps
@@ -202,19 +204,21 @@ def setup(a, progress=True):
         if a.space == "latent":
             codec = train_autoencoder(g.x_train, a.cache_dir, progress=progress).to(a.device)
             data.x_train, data.decode = encode_cached(codec, g.x_train, a.cache_dir), codec.decode
-    if a.target_stats == "global":
-        feats = standardise_channels(feats)
     grid = data.x_train.shape[-1] // a.patch
-    return data, pool_tokens(feats, grid), evaluator
+    feats = pool_tokens(feats, grid)
+    # an arm's target_stats=global: each encoder channel standardised over the whole training set
+    return data, {"none": feats, "global": standardise_channels(feats) if global_stats else None}, evaluator
 
 
 def _worker(a, job, position):
     """One (arm, seed) run in a worker process (data, features and classifier come from the cache)."""
     from tqdm import tqdm
 
-    torch.set_num_threads(max(1, a.threads // a.workers))
     arm, seed, path = job
-    data, feats, evaluator = setup(a, progress=False)
+    if a.deadline is not None and time.time() > a.deadline:
+        return None  # the time budget is spent: this run does not start
+    torch.set_num_threads(max(1, a.threads // a.workers))
+    data, feats, evaluator = setup(a, progress=False, global_stats=arm.kwargs.get("target_stats") == "global")
     with tqdm(total=a.steps, desc=f"{arm.label[:28]} s{seed}", unit="step", position=position, leave=False) as bar:
         rec = train_run(arm, seed, data, feats, evaluator, a, progress=bar)
     json.dump(rec, open(path, "w"), indent=1)
@@ -243,10 +247,13 @@ def execute(a, arms, data, feats, evaluator):
             futs = [pool.submit(_worker, a, job, 1 + i % a.workers) for i, job in enumerate(todo)]
             for f in tqdm(as_completed(futs), total=len(futs), desc=f"{len(todo)} runs, {a.workers} workers",
                           unit="run", position=0):
-                records.append(f.result())
+                if f.result() is not None:
+                    records.append(f.result())
     else:
         with tqdm(total=len(todo) * a.steps, desc=f"{len(todo)} runs", unit="step", smoothing=0.05) as bar:
             for arm, seed, path in todo:
+                if a.deadline is not None and time.time() > a.deadline:
+                    break
                 rec = train_run(arm, seed, data, feats, evaluator, a, progress=bar)
                 json.dump(rec, open(path, "w"), indent=1)
                 records.append(rec)
@@ -255,11 +262,12 @@ def execute(a, arms, data, feats, evaluator):
 
 def main(argv=None):
     a = get_args(argv)
+    a.deadline = time.time() + 60 * a.time_budget if a.time_budget else None
     torch.set_num_threads(a.threads)
     arms = parse_arms(a)
     os.makedirs(os.path.join(a.out, "runs"), exist_ok=True)
     t0 = time.time()
-    data, feats, evaluator = setup(a)
+    data, feats, evaluator = setup(a, global_stats=any(arm.kwargs.get("target_stats") == "global" for arm in arms))
     records, n_new = execute(a, arms, data, feats, evaluator)
     wall = time.time() - t0
     summary, reference = report.summarise(records, arms, a.ref_step, evaluator.floor)

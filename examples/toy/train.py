@@ -22,7 +22,10 @@ from evaluate import save_grid
 from model import ToySiT, sample
 
 # string-valued options of the peer methods (parsed as strings even before VRPOConfig declares them)
-PEER_STR_OPTIONS = ("target_norm", "projector", "time_weight")
+PEER_STR_OPTIONS = ("target_norm", "projector", "time_weight", "target_stats")
+# the benchmark's own arm options (not VRPOConfig's): target_stats=global standardises each encoder channel
+# over the whole training set before the arm sees the targets (none: the raw tokens)
+BENCH_OPTIONS = ("target_stats",)
 
 
 @dataclass
@@ -109,6 +112,8 @@ def build_alignment(arm: Arm, hidden_dim: int, target_dim: int, projector_dim: i
     from vrpo_loss import VRPOAlignment
 
     kw = arm.resolve(steps) if steps else dict(arm.kwargs)
+    for k in BENCH_OPTIONS:
+        kw.pop(k, None)
     if diagnostics_every is not None and arm.mode == "vrpo":
         kw.setdefault("diagnostics_every", diagnostics_every)  # detached diagnostic: no effect on training
     return VRPOAlignment(hidden_dim=hidden_dim, target_dims=(target_dim,), projector_dim=projector_dim,
@@ -147,6 +152,7 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
               progress=None) -> dict:
     """Train one (arm, seed) for ``cfg.steps`` steps, evaluating at ``cfg.eval_at``; returns a record.
 
+    ``feats`` may be a dict of target sets by ``target_stats`` ("none", "global"): the arm's is used.
     ``data.x_train`` holds the training images at the model's resolution (or their latents, with
     ``data.decode`` mapping latents to images for evaluation), ``data.num_classes`` the classes (10 if
     absent), ``feats`` the encoder tokens on the model's token grid (``pool_tokens``). With ``cfg.ema`` > 0 the evaluated model is an
@@ -155,6 +161,8 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
     time from other noise (``fd_redraw``): the evaluator's own noise, same model, two sample draws.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
+    if isinstance(feats, dict):
+        feats = feats[arm.kwargs.get("target_stats", "none")]
     torch.manual_seed(seed)
     size, chans = data.x_train.shape[-1], data.x_train.shape[1]
     n_classes, decode = getattr(data, "num_classes", 10), getattr(data, "decode", None)
