@@ -27,6 +27,11 @@ KL_WEIGHT = 1e-6
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 
+def data_key(x: torch.Tensor) -> str:
+    """A digest of a tensor's bytes (a float sum would depend on the thread count through its reduction order)."""
+    return hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 def build() -> torch.nn.Module:
     from diffusers import AutoencoderKL
 
@@ -56,8 +61,7 @@ class LatentCodec:
 def train_autoencoder(x: torch.Tensor, cache_dir: str, steps: int = 1500, batch: int = 32, lr: float = 2e-3,
                       seed: int = 0, progress: bool = True) -> LatentCodec:
     """Train (or load from the cache) the autoencoder on ``x`` (N, 1, 32, 32) in [-1, 1]."""
-    key = hashlib.sha1(repr([sorted(CONFIG.items()), KL_WEIGHT, steps, batch, lr, seed, x.shape,
-                             float(x[::97].sum())]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(repr([sorted(CONFIG.items()), KL_WEIGHT, steps, batch, lr, seed, data_key(x)]).encode()).hexdigest()[:12]
     path = os.path.join(cache_dir, f"vae_{key}.pt")
     if not os.path.exists(path) and os.path.exists(os.path.join(ASSETS, f"vae_{key}.pt")):
         path = os.path.join(ASSETS, f"vae_{key}.pt")  # the committed weights of the committed glyph set
@@ -104,7 +108,7 @@ def reconstruction_mse(codec: LatentCodec, x: torch.Tensor) -> float:
 def encode_cached(codec: LatentCodec, x: torch.Tensor, cache_dir: str) -> torch.Tensor:
     """``codec.encode(x)`` on the CPU, computed once per (autoencoder, data set) and cached."""
     w = next(iter(codec.vae.state_dict().values()))
-    key = hashlib.sha1(repr([codec.scale, float(w.double().sum()), x.shape, float(x[::97].sum())]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(repr([codec.scale, data_key(w), data_key(x)]).encode()).hexdigest()[:12]
     path = os.path.join(cache_dir, f"latents_{key}.pt")
     if os.path.exists(path):
         return torch.load(path, weights_only=True)

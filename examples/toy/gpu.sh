@@ -15,6 +15,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
 start=$(date +%s)
-python3 examples/toy/run.py --preset gpu --out "$out" "$@" 2>&1 | tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$\|step/s\]$\|s/step\]$\|run/s\]$\|s/run\]$" | tee "$out/log.txt"
+python3 examples/toy/run.py --preset gpu --out "$out" "$@" 2>&1 | tr '\r' '\n' | grep -v "step/s\|s/step" | tee "$out/log.txt" \
+  || echo "run.py failed (see above)" | tee -a "$out/log.txt"
 echo "wall time: $(( $(date +%s) - start )) s" | tee -a "$out/log.txt"
 tar czf "$out/runs.tar.gz" -C "$out" runs

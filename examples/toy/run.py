@@ -62,12 +62,16 @@ HASTE_STOP = 0.5  # fraction of the run after which HASTE's alignment is off
 SARA_STRUCTURE = 1.0  # structure_coeff of the SARA-style arm
 FINAL_ARMS = ["none", "repa", "vrpo", "irepa", "va-repa", "haste", "sara", "vrpo-zscore", "vrpo-agreement",
               "vrpo-achievability", "vrpo-terminate"]
+# the coefficient sweeps and the global target statistics, run beside the finals where a GPU affords them
+GPU_SWEEP_ARMS = ["repa@2", "repa@8", "vrpo@0.5:policy=correspondence,tau=0.1", "vrpo@2:policy=correspondence,tau=0.1",
+                  "repa@4:target_stats=global", "vrpo@1:policy=correspondence,tau=0.1,target_stats=global"]
 PRESETS = {
     # a demo: one seed, the first 600 steps
     "quick": dict(arms=["none", "repa", "vrpo"], seeds=[0], steps=600, workers=2, threads=2),
     "standard": dict(arms=FINAL_ARMS, seeds=[0, 1, 2, 3, 4], workers=2, threads=2),
     # one H200: many runs side by side, the model scaled up (glyphs: width 192, depth 6)
-    "gpu": dict(arms=FINAL_ARMS, seeds=list(range(8)), workers=16, threads=16, device="cuda"),
+    "gpu": dict(arms=FINAL_ARMS + GPU_SWEEP_ARMS, seeds=list(range(8)), workers=16, threads=16, device="cuda",
+                time_budget=5.5),
 }
 # what the gpu preset changes in each setting
 GPU_SCALE = {"glyphs": dict(dim=192, depth=6, heads=6, lr=1e-3, steps=1600,
@@ -270,7 +274,10 @@ def main(argv=None):
     data, feats, evaluator = setup(a, global_stats=any(arm.kwargs.get("target_stats") == "global" for arm in arms))
     records, n_new = execute(a, arms, data, feats, evaluator)
     wall = time.time() - t0
-    summary, reference = report.summarise(records, arms, a.ref_step, evaluator.floor)
+    try:
+        summary, reference = report.summarise(records, arms, a.ref_step, evaluator.floor)
+    except ValueError as e:  # e.g. a time budget spent before any seed had every arm
+        raise SystemExit(f"no report: {e} ({len(records)} runs done in {(time.time() - t0) / 60:.1f} min)")
     checks = report.calibration_checks(summary, reference)
     md = report.markdown(summary, reference, checks, evaluator.floor, a.eval_samples, a.sample_steps)
     cmd = "python examples/toy/run.py " + " ".join(f'"{x}"' if any(c in x for c in " :,") else x

@@ -116,8 +116,9 @@ def build_alignment(arm: Arm, hidden_dim: int, target_dim: int, projector_dim: i
         kw.pop(k, None)
     if diagnostics_every is not None and arm.mode == "vrpo":
         kw.setdefault("diagnostics_every", diagnostics_every)  # detached diagnostic: no effect on training
-    return VRPOAlignment(hidden_dim=hidden_dim, target_dims=(target_dim,), projector_dim=projector_dim,
-                         mode=arm.mode, **kw)
+    if kw.get("projector", "mlp") == "mlp":  # (iREPA's conv projector has no hidden width)
+        kw["projector_dim"] = projector_dim
+    return VRPOAlignment(hidden_dim=hidden_dim, target_dims=(target_dim,), mode=arm.mode, **kw)
 
 
 def push_diagnostic(align, h: torch.Tensor, y: torch.Tensor, vrpo_loss: torch.Tensor) -> dict:
