@@ -20,7 +20,8 @@ Example (REPA's ``loss.py``)::
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, List, Optional, Sequence, Tuple
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,6 +37,7 @@ from .policies import policy_from_config
 from .projector import build_projector
 from .reduction import Metrics, encoder_mean, reduce_terms
 from .rewards import RewardContext, RewardHead, heads_from_config
+from .step import StepClock
 from .validation import as_list, check_input_values, check_inputs, check_optional
 from .weighting import TimeBinnedNormalizer, sample_weight
 
@@ -58,6 +60,12 @@ def _projectors_from_config(cfg: VRPOConfig) -> Optional[nn.ModuleList]:
     return nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim, kind=cfg.projector,
                                          kernel=cfg.projector_kernel, token_grid=cfg.token_grid)
                          for c in cfg.target_dims)
+
+
+def _differs(saved: Any, current: Any) -> bool:
+    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
+        return tuple(saved) != tuple(current)
+    return saved != current
 
 
 class VRPOAlignment(nn.Module):
@@ -110,15 +118,51 @@ class VRPOAlignment(nn.Module):
         self.normalizer = TimeBinnedNormalizer.from_config(cfg, heads=max(1, len(sample_heads)))
         self.policy = policy_from_config(cfg)
         self.adaptive = AdaptiveStrength.from_config(cfg)  # per-timestep-bin strength, or None
-        self.step = 0  # training calls so far; saved through get_extra_state
+        self.clock = StepClock(cfg.accumulation_steps)  # optimizer steps (vrpo_loss/step.py); in the extra state
+        if hasattr(self.policy, "clock"):
+            self.policy.clock = self.clock  # the Gaussian policy reads it eagerly (no guard under torch.compile)
         self.register_load_state_dict_pre_hook(migrate_policy_seed)  # checkpoints of earlier versions
 
-    # ----- the step counter is not a tensor: it travels in state_dict as extra state
-    def get_extra_state(self):
-        return {"step": self.step}
+    @property
+    def step(self) -> int:
+        """The optimizer step of the next call (see :mod:`vrpo_loss.step`); setting it starts that step."""
+        return self.clock.step
 
-    def set_extra_state(self, state):
-        self.step = int(state["step"])
+    @step.setter
+    def step(self, value: int) -> None:
+        self.clock.step, self.clock.micro = int(value), 0
+
+    # ----- the step counter and the options are not tensors: they travel in state_dict as extra state
+    def get_extra_state(self) -> Dict[str, Any]:
+        """``{"step", "micro", "config"}``: the counter, and every option as saved (checked on load)."""
+        cfg = self.config
+        return {**self.clock.state(), "config": {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        """Restore the counter; warn (``UserWarning``) naming each saved option that differs from this module's.
+
+        The module keeps its own options: a warning, not an error, so that a run can be resumed with an
+        option deliberately changed (a later ``stop_step``, say). Checkpoints without a saved config (the
+        first releases) load without the check.
+        """
+        self.clock.load(state)
+        saved = state.get("config")
+        if isinstance(saved, dict):
+            self._warn_config_differences(saved)
+
+    def _warn_config_differences(self, saved: Dict[str, Any]) -> None:
+        cfg = self.config
+        known = {f.name for f in dataclasses.fields(cfg)}
+        differ = [f"{k}={v!r} (this module: {getattr(cfg, k)!r})" for k, v in saved.items()
+                  if k in known and _differs(v, getattr(cfg, k))]
+        unknown = sorted(set(saved) - known)
+        if differ or unknown:
+            parts = ([f"saved with {', '.join(differ)}"] if differ else []) + (
+                [f"options unknown to this version: {', '.join(unknown)}"] if unknown else [])
+            warnings.warn(
+                f"VRPOAlignment.load_state_dict: the checkpoint's config differs from this module's: {'; '.join(parts)}. "
+                "The module keeps its own options and the loaded state (step, statistics, parameters); if the change "
+                "is not deliberate, build the module with the saved values before loading", UserWarning, stacklevel=3)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -133,12 +177,18 @@ class VRPOAlignment(nn.Module):
         cast = not torch.is_autocast_enabled(features[0].device.type)
         return [p(h.to(dtype) if cast else h) for p, h in zip(self.projectors, features)]
 
-    def forward(self, features, targets, t=None, denoise_loss=None, x0_pred=None, x0=None) -> VRPOOutput:
+    def forward(self, features, targets, t=None, denoise_loss=None, x0_pred=None, x0=None, *,
+                step: Optional[int] = None) -> VRPOOutput:
+        """The loss of one call; ``step``: the optimizer step this call belongs to (optional; see
+        :mod:`vrpo_loss.step`). Without it, calls with gradients enabled in training mode advance the
+        counter, one step every ``accumulation_steps`` calls."""
         cfg = self.config
+        if step is not None:
+            self._set_step(step)
         features, targets = as_list(features, "features"), as_list(targets, "targets")
         check_inputs(features, targets, hidden_dim=cfg.hidden_dim, target_dims=cfg.target_dims,
                      resample_tokens=cfg.resample_tokens)
-        t, denoise_loss = check_optional(features[0].shape[0], t, denoise_loss, x0_pred, x0)
+        t, denoise_loss = check_optional(features[0].shape[0], t, denoise_loss, x0_pred, x0, features[0].device)
         if cfg.time_weight != "uniform" and t is None:
             raise ValueError(f"time_weight: {cfg.time_weight!r} weights each sample by its time and needs t, got t=None; "
                              "pass t (0 = clean data, 1 = noise)")
@@ -157,8 +207,7 @@ class VRPOAlignment(nn.Module):
             out = self._align(features, targets, ctx, commit, None if scale is None else scale[1], when)
         if check is not None:
             check.finish()  # raises on a bad input; the statistics were not updated (masked by check.ok)
-        if self.training:
-            self._advance()
+        self._advance(step is not None)
         return out
 
     def _align(self, features, targets, ctx: RewardContext, commit: Optional[torch.Tensor],
@@ -240,10 +289,16 @@ class VRPOAlignment(nn.Module):
         return f == 0.0, torch.full((), f, device=device)
 
     @torch.compiler.disable
-    def _advance(self) -> None:
+    def _set_step(self, step: int) -> None:
+        self.clock.set(step)
+
+    @torch.compiler.disable
+    def _advance(self, explicit: bool) -> None:
         # Runs eagerly under torch.compile: a traced ``self.step += 1`` would guard on the step's value
-        # and recompile every call. It counts training calls in both modes (``stop_step`` reads it).
-        self.step += 1
+        # and recompile every call. A call counts when it could feed an optimizer step: training mode with
+        # gradients enabled (validation calls under no_grad do not), in both modes.
+        if self.training and torch.is_grad_enabled():
+            self.clock.count(explicit=explicit)
 
     @torch.compiler.disable
     def _schedule(self) -> Tuple[bool, bool]:
