@@ -20,7 +20,6 @@ Example (REPA's ``loss.py``)::
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -34,38 +33,15 @@ from .functional import repa_projection_loss, resample_grid, token_cosine
 from .output import VRPOOutput
 from .peers import connected_zero, peer_terms, stop_factor, zscore_tokens
 from .policies import policy_from_config
-from .projector import build_projector
+from .projector import projectors_from_config
 from .reduction import Metrics, encoder_mean, reduce_terms
 from .rewards import RewardContext, RewardHead, heads_from_config
+from .saved import extra_state, restore_extra_state
 from .step import StepClock
 from .validation import as_list, check_input_values, check_inputs, check_optional
 from .weighting import TimeBinnedNormalizer, sample_weight
 
 __all__ = ["VRPOAlignment", "VRPOOutput"]
-
-
-def _resolve_config(config: Optional[VRPOConfig], kwargs: dict) -> VRPOConfig:
-    if config is not None and not isinstance(config, VRPOConfig):
-        raise TypeError(f"config: expected a VRPOConfig, got {type(config).__name__}")
-    known = {f.name for f in dataclasses.fields(VRPOConfig)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise TypeError(f"VRPOAlignment: unknown option(s) {unknown}; the options are the fields of VRPOConfig: {sorted(known)}")
-    return dataclasses.replace(config, **kwargs) if config is not None else VRPOConfig(**kwargs)
-
-
-def _projectors_from_config(cfg: VRPOConfig) -> Optional[nn.ModuleList]:
-    if cfg.hidden_dim is None:
-        return None
-    return nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim, kind=cfg.projector,
-                                         kernel=cfg.projector_kernel, token_grid=cfg.token_grid)
-                         for c in cfg.target_dims)
-
-
-def _differs(saved: Any, current: Any) -> bool:
-    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
-        return tuple(saved) != tuple(current)
-    return saved != current
 
 
 class VRPOAlignment(nn.Module):
@@ -86,6 +62,7 @@ class VRPOAlignment(nn.Module):
         t: (B,) in [0, 1], 0 = clean data, 1 = noise (optional).
         denoise_loss: (B,) per-sample denoising loss (optional, detached inside).
         x0_pred, x0: predicted and true clean inputs (B, ...) (optional; perceptual/decodability).
+        step: keyword-only int, the optimizer step this call belongs to (optional; :mod:`vrpo_loss.step`).
         Output: :class:`VRPOOutput` with ``loss`` scalar and ``per_sample`` (B,), ``loss == per_sample.mean()``
         (B = 0: ``loss`` is an exact zero connected to the inputs and parameters, ``per_sample`` is empty);
         with ``time_weight="sigmoid"``, ``per_sample[b] = B * w_b / sum(w) * loss_b`` (its mean is the weighted mean).
@@ -105,8 +82,8 @@ class VRPOAlignment(nn.Module):
         super().__init__()
         if perceptual_net is not None and not isinstance(perceptual_net, nn.Module):
             kwargs["perceptual_net"], perceptual_net = perceptual_net, None  # the config field of the same name
-        cfg = self.config = _resolve_config(config, kwargs)
-        self.projectors = _projectors_from_config(cfg)
+        cfg = self.config = VRPOConfig.resolve(config, kwargs)
+        self.projectors = projectors_from_config(cfg)
         token_heads, sample_heads = heads_from_config(cfg, heads, decode=decode, perceptual_net=perceptual_net)
         self.token_heads = nn.ModuleList(token_heads)
         self.sample_heads = nn.ModuleList(sample_heads)
@@ -132,37 +109,11 @@ class VRPOAlignment(nn.Module):
     def step(self, value: int) -> None:
         self.clock.step, self.clock.micro = int(value), 0
 
-    # ----- the step counter and the options are not tensors: they travel in state_dict as extra state
     def get_extra_state(self) -> Dict[str, Any]:
-        """``{"step", "micro", "config"}``: the counter, and every option as saved (checked on load)."""
-        cfg = self.config
-        return {**self.clock.state(), "config": {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}}
+        return extra_state(self.clock, self.config)  # the step counter and the options (vrpo_loss/saved.py)
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        """Restore the counter; warn (``UserWarning``) naming each saved option that differs from this module's.
-
-        The module keeps its own options: a warning, not an error, so that a run can be resumed with an
-        option deliberately changed (a later ``stop_step``, say). Checkpoints without a saved config (the
-        first releases) load without the check.
-        """
-        self.clock.load(state)
-        saved = state.get("config")
-        if isinstance(saved, dict):
-            self._warn_config_differences(saved)
-
-    def _warn_config_differences(self, saved: Dict[str, Any]) -> None:
-        cfg = self.config
-        known = {f.name for f in dataclasses.fields(cfg)}
-        differ = [f"{k}={v!r} (this module: {getattr(cfg, k)!r})" for k, v in saved.items()
-                  if k in known and _differs(v, getattr(cfg, k))]
-        unknown = sorted(set(saved) - known)
-        if differ or unknown:
-            parts = ([f"saved with {', '.join(differ)}"] if differ else []) + (
-                [f"options unknown to this version: {', '.join(unknown)}"] if unknown else [])
-            warnings.warn(
-                f"VRPOAlignment.load_state_dict: the checkpoint's config differs from this module's: {'; '.join(parts)}. "
-                "The module keeps its own options and the loaded state (step, statistics, parameters); if the change "
-                "is not deliberate, build the module with the saved values before loading", UserWarning, stacklevel=3)
+        restore_extra_state(self.clock, self.config, state)  # warns naming each saved option that differs
 
     def extra_repr(self) -> str:
         c = self.config

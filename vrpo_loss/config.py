@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .config_checks import check_config
 
@@ -84,7 +84,7 @@ class VRPOConfig:
     structure_coeff: float = _opt(0.0, "SARA-style structure term, added with this weight: per sample, the mean over (i, j) of (cos(mu_i, mu_j) - cos(y_i, y_j))^2; 0 turns it off.")
     # --- input handling and diagnostics
     resample_tokens: bool = _opt(False, "If the encoder's token grid differs from the features' grid, resample the targets bilinearly instead of raising.")
-    validate: bool = _opt(True, "Check values (NaN/Inf, t in [0, 1]) with one host-device read per call, at its end (on a GPU it waits only for the flags); False removes it. Shape and dtype checks always run.")
+    validate: bool = _opt(True, "Check values (NaN/Inf, t in [0, 1]) with one host-device read per call, at its end (on a GPU it waits only for the flags); False removes it. Shape, dtype and device checks always run.")
     metrics_every: int = _opt(10, "Compute the full metrics every this many steps (steps 0, k, 2k, ...: each of their calls; every call in eval mode); the calls between report only the loss terms (loss_anchor, cos, loss_policy, loss_heads) and rewards/<token head>/mean. With sample_weight=0 and no sample head passed in heads=, the sample-level stage (fidelity reward, its running statistics, adv/sample_std, weight/*) feeds only metrics and runs on these calls only. 10: a host logging every 100 steps still averages 10 samples, and the eager op count per step stays near REPA's (docs/performance.md); 1: every call.")
     diagnostics_every: int = _opt(10, "Compute the signal-fraction diagnostic (cosine of the policy term's gradient with REPA's) every this many steps (every call in eval mode); 0 never. 10, as metrics_every: it adds about 40 small ops to the call that computes it (docs/performance.md).")
     # --- the step counter (vrpo_loss/step.py)
@@ -115,6 +115,17 @@ class VRPOConfig:
             if f.name == name:
                 return f.default if f.default is not dataclasses.MISSING else f.default_factory()
         raise KeyError(f"name: VRPOConfig has no field {name!r}")
+
+    @classmethod
+    def resolve(cls, config: Optional["VRPOConfig"], options: Dict[str, Any]) -> "VRPOConfig":
+        """``config`` with ``options`` (keyword arguments of ``VRPOAlignment``) applied, or a new config from them."""
+        if config is not None and not isinstance(config, cls):
+            raise TypeError(f"config: expected a VRPOConfig, got {type(config).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"VRPOAlignment: unknown option(s) {unknown}; the options are the fields of VRPOConfig: {sorted(known)}")
+        return dataclasses.replace(config, **options) if config is not None else cls(**options)
 
     def replace(self, **changes: Any) -> "VRPOConfig":
         """A copy with some fields changed (validated)."""

@@ -1,6 +1,6 @@
 """Input checks of :class:`~vrpo_loss.VRPOAlignment`.
 
-Shape and dtype checks read only metadata, cost nothing and always run. Value checks (NaN/Inf,
+Shape, dtype and device checks read only metadata, cost nothing and always run. Value checks (NaN/Inf,
 ``t`` in [0, 1]) need the data: :func:`start_value_check` batches them into one boolean tensor and
 starts its copy to the host; :meth:`ValueCheck.finish` reads it once, the single host-device
 synchronisation that ``validate=True`` allows. The module starts the check first and finishes it
