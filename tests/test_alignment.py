@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import pytest
 import torch
@@ -182,13 +183,42 @@ def test_first_release_checkpoint_loads_strictly_and_keeps_its_noise(policy):
     seed = old.pop("policy._extra_state")["seed"] if policy == "gaussian" else 12345
     old["_extra_state"] = {"step": 7, "seed": seed}
     b = VRPOAlignment(**kw)
-    b.load_state_dict(old)  # strict
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no saved config to compare: no warning
+        b.load_state_dict(old)  # strict
     assert b.step == 7
     feats, y = torch.randn(B, N, 8), torch.randn(B, N, 8)
     if policy == "gaussian":
         assert b.policy.seed == a.policy.seed
         a.step = 7
         assert torch.equal(a(feats, y).loss, b(feats, y).loss)  # the noise it would have drawn
+
+
+def test_saved_config_is_checked_on_load_with_a_warning_naming_each_difference():
+    # Planted bug (the config saved nowhere): a state_dict saved with stop_step=6 and tau=0.1 loaded silently
+    # into a module built with other values.
+    import io
+    import warnings
+
+    a = VRPOAlignment(hidden_dim=None, target_dims=(8,), stop_step=6, tau=0.1)
+    a(torch.randn(B, N, 8), torch.randn(B, N, 8))
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)  # the saved config is plain data: safe to load
+    assert sd["_extra_state"]["config"]["stop_step"] == 6 and sd["_extra_state"]["step"] == 1
+    b = VRPOAlignment(hidden_dim=None, target_dims=(8,), tau=0.2)
+    with pytest.warns(UserWarning, match=r"saved with tau=0\.1 \(this module: 0\.2\), stop_step=6 \(this module: None\)\.") as rec:
+        b.load_state_dict(sd)
+    assert len(rec) == 1 and "target_dims" not in str(rec[0].message)
+    assert b.config.stop_step is None and b.config.tau == 0.2 and b.step == 1  # warn, not apply, not raise
+    same = VRPOAlignment(hidden_dim=None, target_dims=(8,), stop_step=6, tau=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.load_state_dict(sd)  # the same options: silent
+    sd["_extra_state"]["config"]["from_a_later_version"] = 1
+    with pytest.warns(UserWarning, match="options unknown to this version: from_a_later_version"):
+        same.load_state_dict(sd)
 
 
 def test_noise_differs_between_steps_and_is_deterministic_per_step():

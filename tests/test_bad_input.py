@@ -88,7 +88,7 @@ def valid_options(draw):
         time_weight=pick("uniform", "sigmoid"), time_weight_center=f(0.0, 1.0), time_weight_sharpness=f(1e-2, 50.0),
         stop_step=stop, stop_ramp=draw(st.integers(0, stop)) if stop else 0, structure_coeff=pick(0.0, f(0.0, 5.0)),
         resample_tokens=draw(st.booleans()), validate=draw(st.booleans()), diagnostics_every=draw(st.integers(0, 3)),
-        metrics_every=draw(st.integers(1, 3)),
+        metrics_every=draw(st.integers(1, 3)), accumulation_steps=draw(st.integers(1, 3)),
         adaptive=adaptive, adaptive_gain=f(0.1, 5.0), adaptive_min=f(0.0, 1.0), adaptive_max=f(1.0, 5.0),
         adaptive_momentum=f(1e-3, 1.0), adaptive_terminate=adaptive != "none" and draw(st.booleans()),
     )
@@ -151,7 +151,7 @@ INVALID = {
     "projector_kernel": (_ints(1) + [2, 4], {}), "token_grid": ([(2,), (2, 0), (2.0, 2), "2x2", 4, (2, 2, 1)], {"projector": "conv", "hidden_dim": 6}),
     "antithetic": (BOOL, {}), "control_variate": (BOOL, {}), "learn_sigma": (BOOL, {}), "resample_tokens": (BOOL, {}),
     "validate": (BOOL, {}),
-    "tau": (_reals(0.0, open_low=True), {}), "sigma": (_reals(1e-3, 1.0), {}),
+    "tau": (_reals(1e-4) + [0.0, 9e-5, 1e-45], {}), "sigma": (_reals(1e-3, 1.0), {}),
     "sigma_min": (_reals(0.0, 0.1, open_low=True), {}), "sigma_max": (_reals(0.0, open_low=True) + [0.05], {}),
     "sigma_final": ([v for v in _reals(1e-3, 1.0) if v is not None] + [0.5], {}),
     "adv_eps": (_reals(0.0, open_low=True), {}), "adv_clip": (_reals(0.0, open_low=True), {}),
@@ -167,6 +167,7 @@ INVALID = {
     "adaptive_max": (_reals(1.0) + [0.9], {"adaptive": "achievability"}),
     "adaptive_momentum": (_reals(0.0, 1.0, open_low=True), {"adaptive": "achievability"}),
     "adaptive_terminate": (BOOL + [True], {}),
+    "accumulation_steps": (_ints(1), {}),
 }
 CASES = [(name, v, ctx) for name, (values, ctx) in INVALID.items() for v in values]
 
@@ -423,3 +424,22 @@ def test_refused_calls_change_no_buffer_and_not_the_step(name):
     with pytest.raises(ValueError, match="x0: the decodability reward needs the clean input x0"):
         align(torch.randn(3, 4, d), torch.randn(3, 4, C), t=torch.rand(3), denoise_loss=torch.rand(3))
     assert_unchanged(align, snap)
+
+
+def test_tau_is_bounded_where_fp32_stays_finite():
+    # Planted bug (tau accepted down to any positive value): tau=1e-45 built a module whose loss was NaN
+    # (1/tau overflows fp32, the logits cos/tau become +-inf and the softmax NaN).
+    from vrpo_loss.config_checks import TAU_MIN
+
+    for tau in (1e-45, 1e-39, TAU_MIN / 2):
+        with pytest.raises(ValueError, match=rf"^tau: expected a value >= 0.0001 .*got {tau!r}; .*hard argmax"):
+            VRPOAlignment(hidden_dim=None, target_dims=(8,), tau=tau)
+    # at the bound everything stays finite, for tiny and large features, metrics and diagnostics included
+    align = VRPOAlignment(hidden_dim=6, target_dims=(8,), projector_dim=12, tau=TAU_MIN, metrics_every=1,
+                          diagnostics_every=1, sample_weight=0.5)
+    for scale in (1e-6, 1.0, 1e4):
+        h = (torch.randn(3, 5, 6) * scale).requires_grad_(True)
+        out = align(h, torch.randn(3, 5, 8), t=torch.rand(3), denoise_loss=torch.rand(3))
+        out.loss.backward()
+        assert all_finite(out, [h, *align.parameters()])
+        assert all(torch.isfinite(v).all() for v in out.metrics.values())

@@ -65,7 +65,7 @@ def test_config_object_and_kwargs():
         (dict(space="torus", policy="gaussian"), ValueError, r"space: expected one of"),
         (dict(policy="gaussian", group_size=1), ValueError, r"group_size: expected an int >= 2, got 1.*a group of one"),
         (dict(policy="gaussian", group_size=3), ValueError, r"antithetic sampling needs an even group_size"),
-        (dict(tau=0.0), ValueError, r"tau: expected a value > 0"),
+        (dict(tau=0.0), ValueError, r"tau: expected a value >= 0.0001"),
         (dict(sigma=5.0), ValueError, r"sigma: expected a value in \[sigma_min, sigma_max\]"),
         (dict(w_min=1.5), ValueError, r"w_min, w_max"),
         (dict(target_dims=()), ValueError, r"target_dims"),

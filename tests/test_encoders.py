@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vrpo_loss.encoders import (
+    DINOV2_HUB_COMMIT,
     ENCODERS,
     check_token_count,
     encoder_names,
@@ -19,6 +20,7 @@ from vrpo_loss.encoders import (
     infer_encoder_name,
     load_encoder,
     preprocess,
+    read_checkpoint,
     resample_pos_embed,
 )
 
@@ -218,7 +220,7 @@ def test_dinov2_hub_path(monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load", hub_load)
     enc = load_encoder("dinov2reg-vit-b")
-    assert calls == [("facebookresearch/dinov2", "dinov2_vitb14_reg", {"pretrained": True})]
+    assert calls == [(f"facebookresearch/dinov2:{DINOV2_HUB_COMMIT}", "dinov2_vitb14_reg", {"pretrained": True})]
     assert isinstance(enc.model.head, nn.Identity)
     torch.testing.assert_close(enc.model.pos_embed.data, _ref_resample(pos, 16), rtol=1e-4, atol=1e-5)
     assert enc(_raw()).shape == (2, 256, 16) and enc.embed_dim == 16
@@ -229,6 +231,108 @@ def test_dinov2_hub_path(monkeypatch):
     monkeypatch.setattr(torch.hub, "load", broken)
     with pytest.raises(RuntimeError, match="checkpoint="):
         load_encoder("dinov2-vit-b", source="hub")
+
+
+def test_hub_source_with_a_local_checkpoint_runs_no_hub_code_and_loads_strictly(tmp_path, monkeypatch):
+    # Planted bug (the hub path before: torch.hub.load, then load_state_dict(strict=False) with the result
+    # ignored): the hub is called, and a checkpoint of the wrong layout gives an encoder with random weights.
+    def no_hub(*a, **k):
+        raise AssertionError("torch.hub.load called although the weights come from a local file")
+
+    monkeypatch.setattr(torch.hub, "load", no_hub)
+    src = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=518, num_classes=0, depth=1)
+    good = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(_timm_to_official(src.state_dict(), False), good)
+    enc = load_encoder("dinov2-vit-s", checkpoint=good, source="hub", depth=1)
+    torch.testing.assert_close(enc.model.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    wrong = tmp_path / "wrong.pth"
+    sd = _timm_to_official(src.state_dict(), False)
+    sd = {("renamed." + k if k.startswith("blocks.0.attn") else k): v for k, v in sd.items()}
+    torch.save(sd, wrong)
+    with pytest.raises(ValueError, match=r"missing keys \['blocks\.0\.attn.*unexpected keys \['renamed\.blocks\.0\.attn"):
+        load_encoder("dinov2-vit-s", checkpoint=wrong, source="hub", depth=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# untrusted files: tensors only unless trust_checkpoint=True
+# ---------------------------------------------------------------------------------------------
+class _Payload:
+    """Unpickled with code execution, it creates the marker file (a stand-in for any code an attacker picks)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _evil_checkpoint(tmp_path):
+    """A DINOv2-looking training dump (one block) with a payload beside the weights."""
+    src = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=518, num_classes=0, depth=1)
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"teacher": _timm_to_official(src.state_dict(), False), "args": _Payload(marker)}, path)
+    return path, marker
+
+
+def test_a_checkpoint_that_needs_pickle_is_refused_and_runs_nothing(tmp_path, monkeypatch):
+    # Planted bug (the loader before: weights_only=True, then torch.jit.load, then a silent
+    # torch.load(weights_only=False)): every call below runs the payload, the marker file appears.
+    path, marker = _evil_checkpoint(tmp_path)
+    monkeypatch.setattr(torch.hub, "load", lambda *a, **k: pytest.fail("torch.hub.load called"))
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load called on an untrusted file"))
+    calls = [
+        lambda: read_checkpoint(path),
+        lambda: load_encoder(path, depth=1),  # the name is inferred from the file
+        lambda: load_encoder(path, pretrained=False, depth=1),
+        lambda: load_encoder("dinov2-vit-s", checkpoint=path, depth=1),
+        lambda: load_encoder("dinov2-vit-s", checkpoint=path, source="hub", depth=1),
+        lambda: load_encoder("dinov2-vit-s", checkpoint=path, source="timm", depth=1),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError) as info:
+            call()
+        msg = str(info.value)
+        assert str(path) in msg and "trust_checkpoint=True" in msg and "runs code from the file" in msg
+        assert "Unsupported global" in msg  # what the weights-only reader refused
+        assert not marker.exists()
+
+
+def test_trust_checkpoint_opts_in_and_the_file_is_read_once(tmp_path, monkeypatch):
+    path, marker = _evil_checkpoint(tmp_path)
+    import vrpo_loss.encoders.checkpoint as ck
+
+    reads = []
+    real = torch.load
+    monkeypatch.setattr(ck.torch, "load", lambda *a, **k: reads.append(k.get("weights_only")) or real(*a, **k))
+    enc = load_encoder(path, depth=1, trust_checkpoint=True)  # recognised and loaded from one read
+    assert enc.name == "dinov2-vit-s" and marker.exists()
+    assert reads == [True, False]  # the safe attempt, then the trusted one: one read of the file
+    with pytest.raises(TypeError, match="trust_checkpoint"):
+        read_checkpoint(path, trust_checkpoint="yes")
+
+
+def test_torchscript_archive_needs_trust(tmp_path):
+    import warnings
+
+    lin = nn.Linear(3, 2)
+    path = tmp_path / "ViT-L-14.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script/save are deprecated
+        torch.jit.save(torch.jit.script(lin), str(path))
+        with pytest.raises(ValueError, match="TorchScript archive.*trust_checkpoint=True"):
+            read_checkpoint(path)
+        sd = read_checkpoint(path, trust_checkpoint=True)
+    torch.testing.assert_close(sd["weight"], lin.weight)
+
+
+def test_safe_formats_load_without_trust(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    sd = {"w": torch.randn(2, 3)}
+    safetensors.save_file(sd, tmp_path / "w.safetensors")
+    torch.testing.assert_close(read_checkpoint(tmp_path / "w.safetensors")["w"], sd["w"])
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "w.pth")  # plain containers and numbers are fine
+    assert read_checkpoint(tmp_path / "w.pth")["epoch"] == 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def test_bad_flag_values_stop_argparse_with_the_flag(argv, match, capsys):
     (["--tau", "0.2", "--align-opt", "tau=0.3"], {}, "already set by --tau"),
     (["--align-opt", "hidden_dim=7"], {"hidden_dim": 8}, "set by the training script"),
     (["--align-opt", "antithetic=maybe"], {}, "antithetic: expected a boolean"),
-    (["--tau", "-1"], {}, "tau: expected a value > 0"),
+    (["--tau", "-1"], {}, "tau: expected a value >= 0.0001"),
 ])
 def test_bad_options_raise_value_errors_naming_them(argv, fixed, match):
     with pytest.raises(ValueError, match=match):

@@ -65,8 +65,11 @@ def test_chunked_group_metrics_equal_unchunked(semantic):
         def __init__(self, full):
             self.full = full
 
-        def chunks(self, seed, shape, device, dtype=torch.float32):
-            yield 0, self.full[: G // 2]  # antithetic: the independent half ...
+        def starts(self, shape):
+            return range(1)  # one chunk
+
+        def chunk(self, seed, i, shape, device, dtype=torch.float32):
+            return self.full[: G // 2]  # antithetic: the independent half ...
 
     full = many.noise.full(many.call_seed(0, 0), (b, n, c), "cpu")
     halves = torch.cat([full[g : g + 1] for g in range(0, G, 2)])  # ... of each chunk's pairs

@@ -50,6 +50,31 @@ def test_dtype_errors():
         _align()(f.numpy(), y)
 
 
+def test_device_mismatch_names_both_devices():
+    # Planted bug (no device check): the call failed deep inside torch (or, with a meta tensor, not at all
+    # until a value was read), without naming the argument.
+    f, y = _ok()
+    meta = torch.device("meta")
+    state = {k: v.clone() for k, v in _align().state_dict().items() if isinstance(v, torch.Tensor)}
+    align = _align()
+    with pytest.raises(ValueError, match=r"^targets\[0\]: expected a tensor on features\[0\]'s device cpu, got device meta; "
+                                         r"move .*targets.to\(features.device\)"):
+        align(f, y.to(meta))
+    with pytest.raises(ValueError, match=r"targets\[0\]: expected a tensor on features\[0\]'s device meta, got device cpu"):
+        align(f.to(meta), y)
+    two = _align(target_dims=(8, 8))
+    with pytest.raises(ValueError, match=r"features\[1\]: expected a tensor on features\[0\]'s device cpu, got device meta"):
+        two([f, f.to(meta)], [y, y.to(meta)])
+    with pytest.raises(ValueError, match=r"^t: expected a tensor on the features' device cpu, got device meta"):
+        align(f, y, t=torch.rand(B, device=meta))
+    with pytest.raises(ValueError, match=r"^denoise_loss: expected a tensor on the features' device cpu, got device meta"):
+        align(f, y, denoise_loss=torch.rand(B, device=meta))
+    assert align.step == 0
+    for k, v in align.state_dict().items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, state[k]), k
+
+
 def test_optional_argument_shapes():
     f, y = _ok()
     with pytest.raises(ValueError, match=r"t: expected 3 values"):

@@ -104,3 +104,74 @@ def test_bounded_sample_weight():
     biased = bounded_sample_weight(torch.tensor([0.2, 0.5, 0.9, 1.0]), strength=0.5, w_min=0.5, w_max=2.0)
     assert abs(biased.mean().item() - 1) < 1e-6 and biased[0] < biased[3]
     assert torch.all(bounded_sample_weight(a, strength=0.0, w_min=0.5, w_max=2.0) == 1)
+
+
+# ----- a large, finite reward must not poison the running statistics ------------------------------
+def _align_inputs(b=4, n=9, c=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, n, c, generator=g, requires_grad=True), torch.randn(b, n, c, generator=g),
+            torch.full((b,), 0.35))  # one timestep bin
+
+
+def test_huge_reward_is_refused_and_later_losses_are_as_if_it_never_came():
+    # Planted bug (moments in fp32, no finiteness condition on the commit): the squared deviation of a
+    # reward of 1e30 overflows, the bin's var becomes NaN and stays NaN, every later loss on the bin is
+    # NaN, and the NaN is in state_dict.
+    import copy
+
+    from vrpo_loss import VRPOAlignment
+
+    align = VRPOAlignment(target_dims=(16,), sample_weight=1.0, metrics_every=1)
+    h, y, t = _align_inputs()
+    align(h, y, t=t, denoise_loss=torch.tensor([0.5, 1.0, 1.5, 2.0]))  # the bin has statistics
+    refused = copy.deepcopy(align)
+    bad = align(h, y, t=t, denoise_loss=torch.tensor([1e30, 1.0, 1.0, 1.0]))
+    assert torch.isfinite(bad.loss) and torch.isfinite(bad.per_sample).all()
+    assert all(torch.isfinite(v).all() for v in bad.metrics.values())
+    assert torch.isfinite(torch.autograd.grad(bad.loss, h)[0]).all()
+    refused.step = align.step  # the same step: only the statistics could differ
+    for seed in range(1, 4):
+        hs, ys, _ = _align_inputs(seed=seed)
+        dl = torch.rand(4, generator=torch.Generator().manual_seed(seed)) + 0.5
+        got, want = align(hs, ys, t=t, denoise_loss=dl), refused(hs, ys, t=t, denoise_loss=dl)
+        torch.testing.assert_close(got.loss, want.loss, rtol=0, atol=0)
+    for name, v in align.state_dict().items():
+        if isinstance(v, torch.Tensor):
+            assert torch.isfinite(v).all(), name
+    torch.testing.assert_close(align.normalizer.var, refused.normalizer.var, rtol=0, atol=0)
+
+
+def test_the_issue_reproducer_on_a_fresh_module_and_at_the_defaults():
+    from vrpo_loss import VRPOAlignment
+
+    h, y, t = _align_inputs()
+    fresh = VRPOAlignment(target_dims=(16,), sample_weight=1.0)
+    out = fresh(h, y, t=t, denoise_loss=torch.tensor([1e20, 1.0, 1.0, 1.0]))
+    assert torch.isfinite(out.loss) and torch.isfinite(fresh.normalizer.var).all()
+    assert torch.isfinite(fresh(h, y, t=t, denoise_loss=torch.ones(4)).loss)
+    # defaults (sample_weight=0): the metric adv/sample_std must not stay NaN
+    default = VRPOAlignment(target_dims=(16,))
+    every = default.config.metrics_every
+    stds = []
+    for i in range(2 * every + 1):
+        dl = torch.tensor([1e20, 1.0, 1.0, 1.0]) if i == 0 else torch.rand(4) + 0.5
+        out = default(h, y, t=t, denoise_loss=dl)
+        if "adv/sample_std" in out.metrics:
+            stds.append(out.metrics["adv/sample_std"])
+    assert len(stds) == 3 and all(torch.isfinite(s) for s in stds)
+    assert torch.isfinite(default.normalizer.var).all() and torch.isfinite(default.normalizer.mean).all()
+
+
+def test_update_refuses_statistics_that_overflow_the_buffers():
+    norm = TimeBinnedNormalizer(heads=1, time_bins=2, momentum=0.1)
+    t = torch.tensor([0.1, 0.2, 0.7, 0.8])
+    norm(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), t=t)
+    before = {k: v.clone() for k, v in norm.state_dict().items()}
+    adv = norm(torch.tensor([[3e38, -3e38, 3.0, 4.0]]), t=t)  # finite in fp32; its variance is not
+    assert torch.isfinite(adv).all() and adv.dtype == torch.float32
+    for k, v in norm.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)  # refused as a whole, as a bad batch is
+    # moments in float64: a spread that cancels catastrophically in fp32 is exact here
+    exact = TimeBinnedNormalizer(heads=1, time_bins=1)
+    exact(torch.tensor([[1e4 + 1.0, 1e4 - 1.0, 1e4 + 1.0, 1e4 - 1.0]]), t=torch.zeros(4))
+    torch.testing.assert_close(exact.var, torch.ones(1, 1))

@@ -192,9 +192,9 @@ class AdaptiveStrength(nn.Module):
             with torch.no_grad():
                 cos = torch.stack([token_cosine(m.detach().float(), y).mean(-1) for m, y in zip(mus, ys)]).mean(0)
                 sums = [bin_sums(cos, torch.isfinite(cos), bins, self.stats.time_bins)] + ([] if pending is None else [pending])
-                self.stats.update(*moments(all_reduce_sum(torch.stack(sums, dim=1))), commit)
+                ok = self.stats.update(*moments(all_reduce_sum(torch.stack(sums, dim=1))), commit)
                 if self.terminate:
-                    self._decay_gate(commit)
+                    self._decay_gate(ok)  # a refused update (bad input, non-finite statistics) moves no gate
         r = len(self.rows) - 1  # the row that sets the strength
         s = bin_strength(self.stats.mean[r], self.stats.var[r], self.stats.count[r], gain=self.gain, s_min=self.s_min, s_max=self.s_max)
         if self.terminate:

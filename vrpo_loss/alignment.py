@@ -20,7 +20,7 @@ Example (REPA's ``loss.py``)::
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,31 +33,15 @@ from .functional import repa_projection_loss, resample_grid, token_cosine
 from .output import VRPOOutput
 from .peers import connected_zero, peer_terms, stop_factor, zscore_tokens
 from .policies import policy_from_config
-from .projector import build_projector
+from .projector import projectors_from_config
 from .reduction import Metrics, encoder_mean, reduce_terms
 from .rewards import RewardContext, RewardHead, heads_from_config
+from .saved import extra_state, restore_extra_state
+from .step import StepClock
 from .validation import as_list, check_input_values, check_inputs, check_optional
 from .weighting import TimeBinnedNormalizer, sample_weight
 
 __all__ = ["VRPOAlignment", "VRPOOutput"]
-
-
-def _resolve_config(config: Optional[VRPOConfig], kwargs: dict) -> VRPOConfig:
-    if config is not None and not isinstance(config, VRPOConfig):
-        raise TypeError(f"config: expected a VRPOConfig, got {type(config).__name__}")
-    known = {f.name for f in dataclasses.fields(VRPOConfig)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise TypeError(f"VRPOAlignment: unknown option(s) {unknown}; the options are the fields of VRPOConfig: {sorted(known)}")
-    return dataclasses.replace(config, **kwargs) if config is not None else VRPOConfig(**kwargs)
-
-
-def _projectors_from_config(cfg: VRPOConfig) -> Optional[nn.ModuleList]:
-    if cfg.hidden_dim is None:
-        return None
-    return nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim, kind=cfg.projector,
-                                         kernel=cfg.projector_kernel, token_grid=cfg.token_grid)
-                         for c in cfg.target_dims)
 
 
 class VRPOAlignment(nn.Module):
@@ -78,6 +62,7 @@ class VRPOAlignment(nn.Module):
         t: (B,) in [0, 1], 0 = clean data, 1 = noise (optional).
         denoise_loss: (B,) per-sample denoising loss (optional, detached inside).
         x0_pred, x0: predicted and true clean inputs (B, ...) (optional; perceptual/decodability).
+        step: keyword-only int, the optimizer step this call belongs to (optional; :mod:`vrpo_loss.step`).
         Output: :class:`VRPOOutput` with ``loss`` scalar and ``per_sample`` (B,), ``loss == per_sample.mean()``
         (B = 0: ``loss`` is an exact zero connected to the inputs and parameters, ``per_sample`` is empty);
         with ``time_weight="sigmoid"``, ``per_sample[b] = B * w_b / sum(w) * loss_b`` (its mean is the weighted mean).
@@ -97,8 +82,8 @@ class VRPOAlignment(nn.Module):
         super().__init__()
         if perceptual_net is not None and not isinstance(perceptual_net, nn.Module):
             kwargs["perceptual_net"], perceptual_net = perceptual_net, None  # the config field of the same name
-        cfg = self.config = _resolve_config(config, kwargs)
-        self.projectors = _projectors_from_config(cfg)
+        cfg = self.config = VRPOConfig.resolve(config, kwargs)
+        self.projectors = projectors_from_config(cfg)
         token_heads, sample_heads = heads_from_config(cfg, heads, decode=decode, perceptual_net=perceptual_net)
         self.token_heads = nn.ModuleList(token_heads)
         self.sample_heads = nn.ModuleList(sample_heads)
@@ -110,15 +95,25 @@ class VRPOAlignment(nn.Module):
         self.normalizer = TimeBinnedNormalizer.from_config(cfg, heads=max(1, len(sample_heads)))
         self.policy = policy_from_config(cfg)
         self.adaptive = AdaptiveStrength.from_config(cfg)  # per-timestep-bin strength, or None
-        self.step = 0  # training calls so far; saved through get_extra_state
+        self.clock = StepClock(cfg.accumulation_steps)  # optimizer steps (vrpo_loss/step.py); in the extra state
+        if hasattr(self.policy, "clock"):
+            self.policy.clock = self.clock  # the Gaussian policy reads it eagerly (no guard under torch.compile)
         self.register_load_state_dict_pre_hook(migrate_policy_seed)  # checkpoints of earlier versions
 
-    # ----- the step counter is not a tensor: it travels in state_dict as extra state
-    def get_extra_state(self):
-        return {"step": self.step}
+    @property
+    def step(self) -> int:
+        """The optimizer step of the next call (see :mod:`vrpo_loss.step`); setting it starts that step."""
+        return self.clock.step
 
-    def set_extra_state(self, state):
-        self.step = int(state["step"])
+    @step.setter
+    def step(self, value: int) -> None:
+        self.clock.step, self.clock.micro = int(value), 0
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        return extra_state(self.clock, self.config)  # the step counter and the options (vrpo_loss/saved.py)
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        restore_extra_state(self.clock, self.config, state)  # warns naming each saved option that differs
 
     def extra_repr(self) -> str:
         c = self.config
@@ -133,12 +128,18 @@ class VRPOAlignment(nn.Module):
         cast = not torch.is_autocast_enabled(features[0].device.type)
         return [p(h.to(dtype) if cast else h) for p, h in zip(self.projectors, features)]
 
-    def forward(self, features, targets, t=None, denoise_loss=None, x0_pred=None, x0=None) -> VRPOOutput:
+    def forward(self, features, targets, t=None, denoise_loss=None, x0_pred=None, x0=None, *,
+                step: Optional[int] = None) -> VRPOOutput:
+        """The loss of one call; ``step``: the optimizer step this call belongs to (optional; see
+        :mod:`vrpo_loss.step`). Without it, calls with gradients enabled in training mode advance the
+        counter, one step every ``accumulation_steps`` calls."""
         cfg = self.config
+        if step is not None:
+            self._set_step(step)
         features, targets = as_list(features, "features"), as_list(targets, "targets")
         check_inputs(features, targets, hidden_dim=cfg.hidden_dim, target_dims=cfg.target_dims,
                      resample_tokens=cfg.resample_tokens)
-        t, denoise_loss = check_optional(features[0].shape[0], t, denoise_loss, x0_pred, x0)
+        t, denoise_loss = check_optional(features[0].shape[0], t, denoise_loss, x0_pred, x0, features[0].device)
         if cfg.time_weight != "uniform" and t is None:
             raise ValueError(f"time_weight: {cfg.time_weight!r} weights each sample by its time and needs t, got t=None; "
                              "pass t (0 = clean data, 1 = noise)")
@@ -157,8 +158,7 @@ class VRPOAlignment(nn.Module):
             out = self._align(features, targets, ctx, commit, None if scale is None else scale[1], when)
         if check is not None:
             check.finish()  # raises on a bad input; the statistics were not updated (masked by check.ok)
-        if self.training:
-            self._advance()
+        self._advance(step is not None)
         return out
 
     def _align(self, features, targets, ctx: RewardContext, commit: Optional[torch.Tensor],
@@ -240,10 +240,16 @@ class VRPOAlignment(nn.Module):
         return f == 0.0, torch.full((), f, device=device)
 
     @torch.compiler.disable
-    def _advance(self) -> None:
+    def _set_step(self, step: int) -> None:
+        self.clock.set(step)
+
+    @torch.compiler.disable
+    def _advance(self, explicit: bool) -> None:
         # Runs eagerly under torch.compile: a traced ``self.step += 1`` would guard on the step's value
-        # and recompile every call. It counts training calls in both modes (``stop_step`` reads it).
-        self.step += 1
+        # and recompile every call. A call counts when it could feed an optimizer step: training mode with
+        # gradients enabled (validation calls under no_grad do not), in both modes.
+        if self.training and torch.is_grad_enabled():
+            self.clock.count(explicit=explicit)
 
     @torch.compiler.disable
     def _schedule(self) -> Tuple[bool, bool]:

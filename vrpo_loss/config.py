@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .config_checks import check_config
 
@@ -34,7 +34,7 @@ class VRPOConfig:
     projector_dim: int = _opt(2048, "Hidden width of REPA's projector MLP (D -> P -> P -> C); projector='mlp' only.")
     # --- policy
     policy: str = _opt("correspondence", "Policy family: 'correspondence' (categorical over the encoder tokens of the same image, exact expectation) or 'gaussian' (sampled actions).")
-    tau: float = _opt(0.1, "Correspondence policy: softmax temperature over cos(mu_i, y_j); smaller is sharper.")
+    tau: float = _opt(0.1, "Correspondence policy: softmax temperature over cos(mu_i, y_j); smaller is sharper. At least 1e-4 (below it the fp32 softmax is already an argmax; at about 6e-39 it gives NaN).")
     group_size: int = _opt(8, "Gaussian policy: actions G per token (at least 2: a group of one has no relative advantage).")
     sigma: float = _opt(0.1, "Gaussian policy: exploration std. In 'sphere' space relative to the unit sphere (noise norm ~ sigma); in 'euclidean' per channel, absolute.")
     space: str = _opt("sphere", "Gaussian policy: 'sphere' samples around normalize(mu) and normalises the action; 'euclidean' samples around mu.")
@@ -79,14 +79,16 @@ class VRPOConfig:
     time_weight: str = _opt("uniform", "VA-REPA: 'sigmoid' weights each sample's loss by w_b = sigmoid(k * (c - t_b)) (t = 1 noise), the loss becoming sum_b w_b loss_b / sum_b w_b (needs t); 'uniform': no time weight.")
     time_weight_center: float = _opt(0.7, "time_weight='sigmoid': c, the t at which the weight is 1/2, in [0, 1].")
     time_weight_sharpness: float = _opt(20.0, "time_weight='sigmoid': k > 0; larger is closer to a hard gate at t = c.")
-    stop_step: Optional[int] = _opt(None, "HASTE: from this training call on (the module's step counter, in both modes) the loss is an exact zero (graph kept, zero gradients) and no alignment work is done; None: never.")
-    stop_ramp: int = _opt(0, "With stop_step: the loss is scaled by clamp((stop_step - step) / (stop_ramp + 1), 0, 1), a linear ramp to zero over this many calls before stop_step; 0: a hard stop.")
+    stop_step: Optional[int] = _opt(None, "HASTE: from this optimizer step on (the module's step counter, in both modes; see accumulation_steps) the loss is an exact zero (graph kept, zero gradients) and no alignment work is done; None: never.")
+    stop_ramp: int = _opt(0, "With stop_step: the loss is scaled by clamp((stop_step - step) / (stop_ramp + 1), 0, 1), a linear ramp to zero over this many steps before stop_step; 0: a hard stop.")
     structure_coeff: float = _opt(0.0, "SARA-style structure term, added with this weight: per sample, the mean over (i, j) of (cos(mu_i, mu_j) - cos(y_i, y_j))^2; 0 turns it off.")
     # --- input handling and diagnostics
     resample_tokens: bool = _opt(False, "If the encoder's token grid differs from the features' grid, resample the targets bilinearly instead of raising.")
-    validate: bool = _opt(True, "Check values (NaN/Inf, t in [0, 1]) with one host-device read per call, at its end (on a GPU it waits only for the flags); False removes it. Shape and dtype checks always run.")
-    metrics_every: int = _opt(10, "Compute the full metrics every this many training calls (steps 0, k, 2k, ...; every call in eval mode); the calls between report only the loss terms (loss_anchor, cos, loss_policy, loss_heads) and rewards/<token head>/mean. With sample_weight=0 and no sample head passed in heads=, the sample-level stage (fidelity reward, its running statistics, adv/sample_std, weight/*) feeds only metrics and runs on these calls only. 10: a host logging every 100 steps still averages 10 samples, and the eager op count per step stays near REPA's (docs/performance.md); 1: every call.")
-    diagnostics_every: int = _opt(10, "Compute the signal-fraction diagnostic (cosine of the policy term's gradient with REPA's) every this many training calls (every call in eval mode); 0 never. 10, as metrics_every: it adds about 40 small ops to the call that computes it (docs/performance.md).")
+    validate: bool = _opt(True, "Check values (NaN/Inf, t in [0, 1]) with one host-device read per call, at its end (on a GPU it waits only for the flags); False removes it. Shape, dtype and device checks always run.")
+    metrics_every: int = _opt(10, "Compute the full metrics every this many steps (steps 0, k, 2k, ...: each of their calls; every call in eval mode); the calls between report only the loss terms (loss_anchor, cos, loss_policy, loss_heads) and rewards/<token head>/mean. With sample_weight=0 and no sample head passed in heads=, the sample-level stage (fidelity reward, its running statistics, adv/sample_std, weight/*) feeds only metrics and runs on these calls only. 10: a host logging every 100 steps still averages 10 samples, and the eager op count per step stays near REPA's (docs/performance.md); 1: every call.")
+    diagnostics_every: int = _opt(10, "Compute the signal-fraction diagnostic (cosine of the policy term's gradient with REPA's) every this many steps (every call in eval mode); 0 never. 10, as metrics_every: it adds about 40 small ops to the call that computes it (docs/performance.md).")
+    # --- the step counter (vrpo_loss/step.py)
+    accumulation_steps: int = _opt(1, "Training calls per optimizer step (gradient accumulation's micro-batches): the step counter that stop_step, stop_ramp, metrics_every, diagnostics_every, perceptual_every and the sigma schedule read advances by one every this many calls with gradients enabled in training mode (calls under torch.no_grad() or in eval mode never count). A host that passes step= to forward need not set it.")
     # --- adaptive strength (vrpo_loss/adaptive.py; docs/algorithm.md, "Adaptive strength")
     adaptive: str = _opt("none", "Per-timestep-bin alignment strength set by a reward: 'agreement' (cosine of the alignment and denoising gradients on h, read one step late; needs hidden_dim), 'achievability' (running cos(mu, y) per bin); 'none' keeps one strength.")
     adaptive_gain: float = _opt(1.0, "Adaptive strength: s_k = clamp(1 + gain * z_k, adaptive_min, adaptive_max), z_k bin k's running signal against the mean over bins in pooled within-bin stds, then divided by its mean.")
@@ -113,6 +115,17 @@ class VRPOConfig:
             if f.name == name:
                 return f.default if f.default is not dataclasses.MISSING else f.default_factory()
         raise KeyError(f"name: VRPOConfig has no field {name!r}")
+
+    @classmethod
+    def resolve(cls, config: Optional["VRPOConfig"], options: Dict[str, Any]) -> "VRPOConfig":
+        """``config`` with ``options`` (keyword arguments of ``VRPOAlignment``) applied, or a new config from them."""
+        if config is not None and not isinstance(config, cls):
+            raise TypeError(f"config: expected a VRPOConfig, got {type(config).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"VRPOAlignment: unknown option(s) {unknown}; the options are the fields of VRPOConfig: {sorted(known)}")
+        return dataclasses.replace(config, **options) if config is not None else cls(**options)
 
     def replace(self, **changes: Any) -> "VRPOConfig":
         """A copy with some fields changed (validated)."""

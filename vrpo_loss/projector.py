@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .config import VRPOConfig
 
-__all__ = ["build_projector", "ConvProjector", "grid_shape"]
+__all__ = ["build_projector", "ConvProjector", "grid_shape", "projectors_from_config"]
 
 
 def grid_shape(n: int, token_grid: Optional[Tuple[int, int]]) -> Tuple[int, int]:
@@ -75,3 +75,12 @@ def build_projector(hidden_dim: int, target_dim: int, projector_dim: int = VRPOC
         nn.SiLU(),
         nn.Linear(projector_dim, target_dim),
     )
+
+
+def projectors_from_config(cfg: VRPOConfig) -> Optional[nn.ModuleList]:
+    """One projector per encoder as ``cfg`` asks (``hidden_dim=None``: none, the host projects)."""
+    if cfg.hidden_dim is None:
+        return None
+    return nn.ModuleList(build_projector(cfg.hidden_dim, c, cfg.projector_dim, kind=cfg.projector,
+                                         kernel=cfg.projector_kernel, token_grid=cfg.token_grid)
+                         for c in cfg.target_dims)

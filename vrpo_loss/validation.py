@@ -1,6 +1,6 @@
 """Input checks of :class:`~vrpo_loss.VRPOAlignment`.
 
-Shape and dtype checks read only metadata, cost nothing and always run. Value checks (NaN/Inf,
+Shape, dtype and device checks read only metadata, cost nothing and always run. Value checks (NaN/Inf,
 ``t`` in [0, 1]) need the data: :func:`start_value_check` batches them into one boolean tensor and
 starts its copy to the host; :meth:`ValueCheck.finish` reads it once, the single host-device
 synchronisation that ``validate=True`` allows. The module starts the check first and finishes it
@@ -40,7 +40,7 @@ def check_inputs(
     target_dims: Tuple[int, ...],
     resample_tokens: bool,
 ) -> None:
-    """Check shapes and dtypes (metadata only); token grids may differ only when ``resample_tokens``."""
+    """Check shapes, dtypes and devices (metadata only); token grids may differ only when ``resample_tokens``."""
     e = len(target_dims)
     if len(features) != e or len(targets) != e:
         raise ValueError(
@@ -63,24 +63,43 @@ def check_inputs(
             raise ValueError(f"{tn}: expected last dimension {target_dims[i]} (target_dims[{i}]), got shape {tuple(y.shape)}")
         if y.shape[0] != h.shape[0]:
             raise ValueError(f"{tn}: batch size {y.shape[0]} does not match {fn}'s {h.shape[0]}")
+        if y.device != h.device:
+            raise ValueError(
+                f"{tn}: expected a tensor on {fn}'s device {h.device}, got device {y.device}; move the encoder's tokens "
+                f"to the features' device (targets.to(features.device)), or run the encoder there"
+            )
         if y.shape[1] != h.shape[1] and not resample_tokens:
             raise ValueError(
                 f"{tn}: {y.shape[1]} encoder tokens but {h.shape[1]} diffusion tokens; run the encoder at the resolution "
                 "whose patch grid matches the diffusion model's, or pass resample_tokens=True to resample the targets"
             )
-    b = features[0].shape[0]
+    b, dev = features[0].shape[0], features[0].device
+    for i, h in enumerate(features[1:], 1):
+        if h.device != dev:
+            raise ValueError(f"features[{i}]: expected a tensor on features[0]'s device {dev}, got device {h.device}; "
+                             "give every encoder's features on one device")
     if any(h.shape[0] != b for h in features):
         raise ValueError(f"features: every encoder's features must have the same batch size, got {[h.shape[0] for h in features]}")
 
 
-def check_optional(batch: int, t, denoise_loss, x0_pred, x0):
-    """Check and flatten the optional per-sample inputs; returns ``(t, denoise_loss)`` as (B,) or None."""
+def _same_device(x: torch.Tensor, name: str, device: Optional[torch.device]) -> None:
+    if device is not None and x.device != device:
+        raise ValueError(f"{name}: expected a tensor on the features' device {device}, got device {x.device}; "
+                         f"move it there ({name}.to(features.device))")
+
+
+def check_optional(batch: int, t, denoise_loss, x0_pred, x0, device: Optional[torch.device] = None):
+    """Check and flatten the optional per-sample inputs; returns ``(t, denoise_loss)`` as (B,) or None.
+
+    ``device``: the features' device, which ``t`` and ``denoise_loss`` must be on (None: not checked).
+    """
     if t is not None:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"t: expected a tensor of shape ({batch},), got {type(t).__name__}")
         _float(t, "t", "; VRPO's time is in [0, 1] with 0 = clean data (DiT: pass (t + 1).float() / 1000)")
         if t.numel() != batch:
             raise ValueError(f"t: expected {batch} values (one per sample), got shape {tuple(t.shape)}")
+        _same_device(t, "t", device)
         t = t.reshape(batch)
     if denoise_loss is not None:
         if not isinstance(denoise_loss, torch.Tensor):
@@ -88,6 +107,7 @@ def check_optional(batch: int, t, denoise_loss, x0_pred, x0):
         _float(denoise_loss, "denoise_loss")
         if denoise_loss.numel() != batch:
             raise ValueError(f"denoise_loss: expected the per-sample loss, {batch} values, got shape {tuple(denoise_loss.shape)}; do not reduce it over the batch")
+        _same_device(denoise_loss, "denoise_loss", device)
         denoise_loss = denoise_loss.detach().reshape(batch)
     for name, x in (("x0_pred", x0_pred), ("x0", x0)):
         if x is not None:

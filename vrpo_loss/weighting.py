@@ -27,9 +27,18 @@ from .config import VRPOConfig
 from .distributed import all_reduce_sum
 from .rewards import RewardContext, RewardHead
 
-__all__ = ["TimeBinnedNormalizer", "bounded_sample_weight", "moments", "sample_rewards", "sample_weight"]
+__all__ = ["TimeBinnedNormalizer", "accumulation_dtype", "bounded_sample_weight", "moments", "sample_rewards",
+           "sample_weight"]
 
 _D = VRPOConfig.default
+
+
+def accumulation_dtype(device) -> torch.dtype:
+    """The dtype of the running statistics' arithmetic: float64 (MPS has none: float32 there).
+
+    A finite fp32 reward of 1e20 has a square of 1e40, past fp32's range: its moments overflow in fp32.
+    """
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
 def moments(sums: torch.Tensor):
@@ -55,7 +64,11 @@ class TimeBinnedNormalizer(nn.Module):
         (Defaults: ``VRPOConfig``'s ``time_bins``, ``stats_momentum``, ``adv_eps``, ``adv_clip``.)
 
     Buffers:
-        mean, var, count: (H, K).
+        mean, var, count: (H, K) (float32; the arithmetic on them is float64, see :func:`accumulation_dtype`).
+
+    An update whose new statistics would not all be finite in the buffers' dtype (a reward of 1e20 has a
+    variance past fp32's range) is refused as a whole, as a batch that fails the value check is: the
+    running statistics keep their values and the batch is normalised against them.
 
     Shape:
         rewards: (H, B); mask: (H, B) bool of valid entries; t: (B,) or None. Output: (H, B).
@@ -83,33 +96,43 @@ class TimeBinnedNormalizer(nn.Module):
     def batch_moments(self, rewards: torch.Tensor, valid: torch.Tensor, bins: torch.Tensor, n_bins: int):
         """Count, mean and variance of the valid rewards in each bin, summed over ranks.
 
-        Shape: rewards, valid (H, B); bins (B,). Output: three (H, n_bins).
+        Shape: rewards, valid (H, B); bins (B,). Output: three (H, n_bins), in :func:`accumulation_dtype`.
         """
-        h = rewards.shape[0]
+        h, acc = rewards.shape[0], accumulation_dtype(rewards.device)
+        rewards = rewards.to(acc)
         r = torch.where(valid, rewards, torch.zeros_like(rewards))
-        v = valid.to(rewards.dtype)
-        sums = torch.zeros(3, h, n_bins, device=rewards.device, dtype=rewards.dtype)
+        v = valid.to(acc)
+        sums = torch.zeros(3, h, n_bins, device=rewards.device, dtype=acc)
         sums[0].index_add_(1, bins, v)
         sums[1].index_add_(1, bins, r)
         sums[2].index_add_(1, bins, r * r)
         return moments(all_reduce_sum(sums))
 
-    def update(self, cnt: torch.Tensor, b_mean: torch.Tensor, b_var: torch.Tensor, commit: Optional[torch.Tensor] = None) -> None:
+    def update(self, cnt: torch.Tensor, b_mean: torch.Tensor, b_var: torch.Tensor,
+               commit: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Take a batch's per-bin moments into the running statistics (EMA; a bin's first batch sets it).
 
+        Computed in :func:`accumulation_dtype`; the update is committed only where ``commit`` holds and
+        every new statistic is finite in the buffers' dtype (else no buffer changes).
+
         Shape: cnt, b_mean, b_var (H, K); commit: 0-dim bool on the device or None (False: no update).
+        Returns: the 0-dim bool on the device saying whether the update was committed (no synchronisation).
         """
+        acc = accumulation_dtype(cnt.device)
+        cnt, b_mean, b_var = cnt.to(acc), b_mean.to(acc), b_var.to(acc)
+        mean, var = self.mean.to(acc), self.var.to(acc)
         present = cnt > 0
-        if commit is not None:
-            present = present & commit
-            cnt = torch.where(commit, cnt, torch.zeros_like(cnt))
         beta = torch.where(self.count > 0, torch.full_like(cnt, self.momentum), torch.ones_like(cnt))
-        delta = b_mean - self.mean
-        new_mean = self.mean + beta * delta
-        new_var = (1 - beta) * (self.var + beta * delta.pow(2)) + beta * b_var
-        self.mean.copy_(torch.where(present, new_mean, self.mean))
-        self.var.copy_(torch.where(present, new_var, self.var))
-        self.count.add_(cnt)
+        delta = b_mean - mean
+        new_mean = torch.where(present, mean + beta * delta, mean).to(self.mean.dtype)
+        new_var = torch.where(present, (1 - beta) * (var + beta * delta.pow(2)) + beta * b_var, var).to(self.var.dtype)
+        ok = (torch.isfinite(new_mean) & torch.isfinite(new_var)).all()
+        if commit is not None:
+            ok = ok & commit
+        self.mean.copy_(torch.where(ok, new_mean, self.mean))
+        self.var.copy_(torch.where(ok, new_var, self.var))
+        self.count.add_(torch.where(ok, cnt, torch.zeros_like(cnt)).to(self.count.dtype))
+        return ok
 
     def forward(self, rewards: torch.Tensor, mask: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None,
                 commit: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -119,7 +142,8 @@ class TimeBinnedNormalizer(nn.Module):
         In training mode the running statistics take this batch in, unless ``commit`` is False (a
         device-side condition: no synchronisation; the caller refuses the batch afterwards).
         """
-        rewards = rewards.to(self.mean.dtype)
+        out_dtype = self.mean.dtype
+        rewards = rewards.to(out_dtype)
         valid = torch.isfinite(rewards)
         if mask is not None:
             valid = valid & mask
@@ -133,12 +157,12 @@ class TimeBinnedNormalizer(nn.Module):
             if self.training:
                 self.update(cnt, b_mean, b_var, commit)
             seen = self.count > 0
-            mean = torch.where(seen, self.mean, b_mean)
-            var = torch.where(seen, self.var, b_var)
+            mean = torch.where(seen, self.mean.to(b_mean.dtype), b_mean)
+            var = torch.where(seen, self.var.to(b_var.dtype), b_var)
         mu = mean.gather(1, bins.expand(rewards.shape[0], -1))
         sd = var.gather(1, bins.expand(rewards.shape[0], -1)).sqrt()
-        adv = (torch.where(valid, rewards, mu) - mu) / (sd + self.eps)
-        return adv.clamp(-self.clip, self.clip).masked_fill(~valid, 0.0)
+        adv = (torch.where(valid, rewards.to(mu.dtype), mu) - mu) / (sd + self.eps)
+        return adv.clamp(-self.clip, self.clip).masked_fill(~valid, 0.0).to(out_dtype)
 
 
 def bounded_sample_weight(advantage: torch.Tensor, *, strength: float, w_min: float, w_max: float) -> torch.Tensor:

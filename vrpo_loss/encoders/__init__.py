@@ -9,9 +9,11 @@ from .frozen import FrozenEncoder, check_token_count
 from .load import load_encoder, resolve
 from .preprocess import encoder_input_size, preprocess
 from .registry import ENCODERS, EncoderSpec, encoder_names, get_spec
-from .sources import SOURCES, resample_pos_embed
+from .sources import DINOV2_HUB, DINOV2_HUB_COMMIT, SOURCES, resample_pos_embed
 
 __all__ = [
+    "DINOV2_HUB",
+    "DINOV2_HUB_COMMIT",
     "ENCODERS",
     "EncoderSpec",
     "FrozenEncoder",

@@ -1,24 +1,70 @@
-"""Reading weights files, and recognising which encoder a checkpoint holds."""
+"""Reading weights files, and recognising which encoder a checkpoint holds.
+
+Loading is safe by default: ``.safetensors`` files through safetensors, everything else through
+``torch.load(weights_only=True)``, which unpickles only tensors and plain containers. A file that
+needs more (a pickle of arbitrary objects, or a TorchScript archive such as OpenAI CLIP's
+``ViT-L-14.pt``) is refused with a ``ValueError`` unless the caller passes ``trust_checkpoint=True``,
+which runs code from the file: ``torch.load(weights_only=False)`` or ``torch.jit.load``. Opt in only
+for files from a source you trust; or convert such a file once, on a trusted machine, to a plain state
+dict (``torch.save(sd)``) or to safetensors.
+"""
 from __future__ import annotations
 
-import logging
 import os
+import pickle
+import zipfile
 from typing import Any, Dict, Union
 
 import torch
 
 __all__ = ["read_checkpoint", "infer_encoder_name", "unwrap"]
 
-logger = logging.getLogger(__name__)
+
+def _is_torchscript(path: str) -> bool:
+    """A TorchScript archive: a zip whose records include ``code/`` and ``constants.pkl``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
-def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """Read a state dict from a ``.pth``/``.pt``/``.tar``/``.bin``/``.safetensors`` file.
+def _refuse(path: str, what: str) -> ValueError:
+    return ValueError(
+        f"checkpoint: {path!r} is {what}; loading it would run code from the file, and "
+        f"trust_checkpoint=False (the default) reads tensors only. Hint: pass trust_checkpoint=True only if you "
+        f"trust the file's source (it runs code from the file), or convert it once, on a trusted machine, to a "
+        f"plain state dict (torch.save(state_dict, path)) or to .safetensors."
+    )
 
-    TorchScript archives (OpenAI CLIP's ``ViT-L-14.pt``) are read with ``torch.jit.load``.
+
+def _unsupported(err: Exception) -> str:
+    """The object torch's weights-only unpickler refused, from its message (or '')."""
+    for line in str(err).splitlines():
+        if "Unsupported global:" in line:
+            return " (" + line[line.index("Unsupported global:"):].split(" was not")[0].strip() + ")"
+    return ""
+
+
+def read_checkpoint(path: Union[str, os.PathLike], *, trust_checkpoint: bool = False) -> Dict[str, torch.Tensor]:
+    """Read a state dict from a ``.pth``/``.pt``/``.tar``/``.bin``/``.safetensors`` file, safely by default.
+
+    Args:
+        path: the weights file.
+        trust_checkpoint: ``False`` (default) reads tensors only: safetensors, or
+            ``torch.load(weights_only=True)``; a file that needs more raises ``ValueError``. ``True``
+            runs code from the file: a TorchScript archive (OpenAI CLIP's ``ViT-L-14.pt``) is read
+            with ``torch.jit.load``, any other pickle with ``torch.load(weights_only=False)``.
+
     Wrappers ``{"model": ...}``, ``{"state_dict": ...}`` and ``{"teacher": ...}`` are kept as they
     are: the per-family converters unwrap them.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file needs code execution to load and ``trust_checkpoint`` is False.
     """
+    if not isinstance(trust_checkpoint, bool):
+        raise TypeError(f"trust_checkpoint: expected True or False, got {trust_checkpoint!r}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -30,15 +76,16 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return dict(load_file(path))
+    if _is_torchscript(path):
+        if not trust_checkpoint:
+            raise _refuse(path, "a TorchScript archive (OpenAI CLIP's ViT-L-14.pt is one), read by torch.jit.load")
+        return dict(torch.jit.load(path, map_location="cpu").state_dict())
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # TorchScript archive, or a pickle with non-tensor objects
-        try:
-            return dict(torch.jit.load(path, map_location="cpu").state_dict())
-        except Exception:
-            pass
-        logger.info("weights_only load of %s failed (%s); loading with weights_only=False", path, err)
-        return torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as err:  # objects other than tensors and plain containers
+        if not trust_checkpoint:
+            raise _refuse(path, "a pickle with objects other than tensors and plain containers" + _unsupported(err)) from None
+    return torch.load(path, map_location="cpu", weights_only=False)  # trusted: runs code from the file
 
 
 def unwrap(sd: Dict[str, Any]) -> Dict[str, torch.Tensor]:

@@ -1,10 +1,13 @@
 """Where an encoder's weights come from: one small function per source, and the table of them.
 
 Each source takes a :class:`Request` (the resolved spec, the input size, the checkpoint or model
-location) and returns a :class:`FrozenEncoder`: ``hub`` (``torch.hub``, REPA's path for DINOv2),
-``timm`` (timm's pretrained DINOv2), ``transformers`` (a Hugging Face id), ``dir`` (a local Hugging
-Face directory), ``file`` (a local weights file loaded into a timm ViT, or random weights). Positional embeddings are resampled
-to the token grid once, at load time, as REPA does (:func:`resample_pos_embed`).
+location) and returns a :class:`FrozenEncoder`: ``hub`` (``torch.hub``, REPA's path for DINOv2, at
+the pinned commit :data:`DINOV2_HUB_COMMIT`; only when the weights come from the hub, or for random
+weights), ``timm`` (timm's pretrained DINOv2), ``transformers`` (a Hugging Face id), ``dir`` (a local
+Hugging Face directory), ``file`` (a local weights file loaded strictly into a timm ViT built here, or
+random weights). Positional embeddings are resampled to the token grid once, at load time, as REPA
+does (:func:`resample_pos_embed`). Local files are read with :func:`~.checkpoint.read_checkpoint`:
+tensors only, unless ``trust_checkpoint=True``.
 """
 from __future__ import annotations
 
@@ -21,7 +24,12 @@ from .checkpoint import read_checkpoint, unwrap
 from .frozen import FrozenEncoder
 from .registry import ENCODERS, EncoderSpec
 
-__all__ = ["Request", "SOURCES", "resample_pos_embed", "spec_from_hf_dir"]
+__all__ = ["DINOV2_HUB", "DINOV2_HUB_COMMIT", "Request", "SOURCES", "resample_pos_embed", "spec_from_hf_dir"]
+
+#: the commit of ``facebookresearch/dinov2`` whose ``hubconf.py`` the ``hub`` source runs (2025-08-14)
+DINOV2_HUB_COMMIT = "b8931f7bf91576930313be2c6d6af376033b35f0"
+#: the ``torch.hub`` repository, pinned: ``owner/name:commit``
+DINOV2_HUB = f"facebookresearch/dinov2:{DINOV2_HUB_COMMIT}"
 
 
 @dataclass
@@ -35,6 +43,8 @@ class Request:
         pretrained: False builds random weights.
         hub_dir: a local clone of ``facebookresearch/dinov2`` for ``torch.hub``.
         model_kwargs: passed to the timm constructor.
+        trust_checkpoint: read ``location`` with code execution allowed (see :func:`read_checkpoint`).
+        state_dict: the checkpoint's contents when already read (the name inference reads it once).
     """
 
     spec: EncoderSpec
@@ -43,6 +53,14 @@ class Request:
     pretrained: bool = True
     hub_dir: Optional[str] = None
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    trust_checkpoint: bool = False
+    state_dict: Optional[Dict[str, Any]] = field(default=None, repr=False)
+
+    def checkpoint(self) -> Dict[str, Any]:
+        """The checkpoint's contents: read once (safely unless ``trust_checkpoint``), then kept."""
+        if self.state_dict is None:
+            self.state_dict = read_checkpoint(self.location, trust_checkpoint=self.trust_checkpoint)
+        return self.state_dict
 
     @property
     def grid(self) -> int:
@@ -125,20 +143,17 @@ def _load_into_timm(model: nn.Module, spec: EncoderSpec, sd: Dict[str, torch.Ten
         )
 
 
-def _hub_model(spec, grid, checkpoint, hub_dir, pretrained):
-    repo, kw = ("facebookresearch/dinov2", {}) if hub_dir is None else (hub_dir, {"source": "local"})
-    want_hub_weights = pretrained and checkpoint is None
+def _hub_model(spec, grid, hub_dir, pretrained):
+    """REPA's ``torch.hub`` DINOv2, from the pinned commit (or a local clone): hub weights, or random ones."""
+    repo, kw = (DINOV2_HUB, {}) if hub_dir is None else (hub_dir, {"source": "local"})
     try:
-        model = torch.hub.load(repo, spec.hub_name, pretrained=want_hub_weights, **kw)
+        model = torch.hub.load(repo, spec.hub_name, pretrained=pretrained, **kw)
     except Exception as err:
         raise RuntimeError(
             f"torch.hub could not load {spec.hub_name} from {repo!r} ({type(err).__name__}: {err}). "
             f"Hint: without internet, pass checkpoint='/path/{spec.hub_name}_pretrain.pth' (loaded "
             f"through timm) or a Hugging Face directory, or hub_dir= a local clone of the dinov2 repo."
         ) from err
-    if checkpoint is not None:
-        sd = unwrap(read_checkpoint(checkpoint))
-        model.load_state_dict({k: v for k, v in sd.items() if not k.startswith("head")}, strict=False)
     # REPA: drop the head and resample pos_embed to the token grid once, at load time.
     model.head = nn.Identity()
     model.pos_embed.data = resample_pos_embed(model.pos_embed.data, grid, num_prefix_tokens=1)
@@ -187,7 +202,9 @@ def _finish(model, spec, readout, input_size, prefix) -> FrozenEncoder:
 
 
 def _source_hub(req: Request) -> FrozenEncoder:
-    model = _hub_model(req.spec, req.grid, req.location, req.hub_dir, req.pretrained)
+    if req.location is not None:  # weights from a local file: no hub code at all (a timm ViT, loaded strictly)
+        return _source_file(req)
+    model = _hub_model(req.spec, req.grid, req.hub_dir, req.pretrained)
     return _finish(model, req.spec, "hub_dinov2", req.input_size, 1 + req.spec.registers)
 
 
@@ -206,7 +223,7 @@ def _source_transformers(req: Request) -> FrozenEncoder:
 def _source_file(req: Request) -> FrozenEncoder:
     model = _timm_vit(req.spec, req.input_size, req.model_kwargs)
     if req.pretrained:
-        _load_into_timm(model, req.spec, read_checkpoint(req.location), req.grid)
+        _load_into_timm(model, req.spec, req.checkpoint(), req.grid)
     readout = "timm_prenorm" if req.spec.family in ("clip", "mae") else "timm_norm"
     return _finish(model, req.spec, readout, req.input_size, model.num_prefix_tokens)
 

@@ -28,6 +28,7 @@ from ..functional import (
     token_cosine,
 )
 from ..rewards import RewardContext, RewardHead
+from ..step import StepClock
 from .base import Metrics, Policy, weighted_rewards
 from .noise import ChunkedNoise
 
@@ -43,10 +44,11 @@ class GaussianPolicy(Policy):
             ``sigma_min``, ``sigma_max``, ``adv_scale``, ``adv_eps``, ``adv_clip``, ``max_action_elements``.
 
     The noise seed of a call mixes the policy's seed (drawn once, saved in ``state_dict``), the
-    step ``ctx.step``, the rank and the encoder.
+    step, the call's number within the step (gradient accumulation's micro-batches), the rank and the
+    encoder. The step comes from ``clock`` (a :class:`~vrpo_loss.step.StepClock`, set by
+    :class:`~vrpo_loss.VRPOAlignment`), read eagerly, so ``torch.compile`` does not guard on it; a
+    policy used alone (``clock`` None) reads ``ctx.step``.
     """
-
-    uses_step = True
 
     def __init__(self, *, config: VRPOConfig):
         super().__init__()
@@ -58,6 +60,11 @@ class GaussianPolicy(Policy):
             if config.learn_sigma else None
         )
         self.seed = int(torch.randint(0, 1 << 62, (1,)).item())  # CPU generator: no device sync
+        self.clock: Optional[StepClock] = None  # the owner's step counter (None: ctx.step)
+
+    @property
+    def uses_step(self) -> bool:  # with a clock the step never enters the traced code through ctx.step
+        return self.clock is None
 
     @classmethod
     def from_config(cls, cfg: VRPOConfig) -> "GaussianPolicy":
@@ -69,9 +76,25 @@ class GaussianPolicy(Policy):
     def set_extra_state(self, state):
         self.seed = int(state["seed"])
 
-    def call_seed(self, step: Optional[int], encoder: int) -> int:
-        """The noise seed of the call at ``step`` (None: 0) for ``encoder`` on this rank."""
-        return hash((self.seed, step or 0, world_rank(), encoder)) & ((1 << 62) - 1)
+    def call_seed(self, step: Optional[int], encoder: int, micro: int = 0) -> int:
+        """The noise seed of call ``micro`` of ``step`` (None: 0) for ``encoder`` on this rank."""
+        key = (self.seed, step or 0, world_rank(), encoder) + ((micro,) if micro else ())  # micro 0: as 0.1.0
+        return hash(key) & ((1 << 62) - 1)
+
+    def _now(self, step: Optional[int]) -> Tuple[Optional[int], int]:
+        """The step and the call's number within it: the clock's, else ``step`` (``ctx.step``) and 0."""
+        return (self.clock.step, self.clock.micro) if self.clock is not None else (step, 0)
+
+    @torch.compiler.disable
+    def _draw(self, encoder: int, step: Optional[int], i: int, shape, device, dtype) -> torch.Tensor:
+        """Noise chunk ``i`` of this call, drawn eagerly (under torch.compile the seed stays out of the guards)."""
+        step, micro = self._now(step)
+        return self.noise.chunk(self.call_seed(step, encoder, micro), i, shape, device, dtype)
+
+    def _chunks(self, ctx: RewardContext, shape, device, dtype):
+        """``(g0, half)`` per chunk, as :meth:`ChunkedNoise.chunks`, one chunk held at a time."""
+        for i, g0 in enumerate(self.noise.starts(shape)):
+            yield g0, self._draw(ctx.encoder, ctx.step, i, shape, device, dtype)
 
     def sigma_at(self, encoder: int, device, step: Optional[int] = None) -> torch.Tensor:
         """The exploration std of ``encoder`` at ``step`` (None: 0): (C,) if learned, else scalar."""
@@ -85,9 +108,15 @@ class GaussianPolicy(Policy):
             s = math.exp((1 - frac) * math.log(cfg.sigma) + frac * math.log(cfg.sigma_final))
         return torch.full((), min(max(s, cfg.sigma_min), cfg.sigma_max), device=device)
 
+    @torch.compiler.disable
+    def _scheduled_sigma(self, encoder: int, step: Optional[int], device) -> torch.Tensor:
+        return self.sigma_at(encoder, device, self._now(step)[0])  # eager: a tensor, no guard on the step
+
     def _scale(self, ctx: RewardContext, c: int, device) -> torch.Tensor:
-        s = self.sigma_at(ctx.encoder, device, ctx.step)
-        return s / math.sqrt(c) if self.config.space == "sphere" else s
+        cfg = self.config
+        scheduled = cfg.sigma_final is not None and cfg.sigma_decay_steps > 0 and self.log_sigma is None
+        s = self._scheduled_sigma(ctx.encoder, ctx.step, device) if scheduled else self.sigma_at(ctx.encoder, device)
+        return s / math.sqrt(c) if cfg.space == "sphere" else s
 
     def _reward_gradient(self, m0: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead]) -> torch.Tensor:
         """Gradient of the weighted token reward with respect to the action's offset, at zero offset.
@@ -121,12 +150,12 @@ class GaussianPolicy(Policy):
         return weighted_rewards(heads, lambda h: h.reward(z, ctx))
 
     @torch.no_grad()
-    def _rewards(self, seed, m0, s0, ctx, heads, lin) -> Tuple[torch.Tensor, Optional[torch.Tensor], Metrics, Optional[torch.Tensor]]:
+    def _rewards(self, m0, s0, ctx, heads, lin) -> Tuple[torch.Tensor, Optional[torch.Tensor], Metrics, Optional[torch.Tensor]]:
         """Stage 1: the weighted rewards (G, B, N), their residuals after the control variate, the heads'
         mean rewards over the whole group, and the noise when the group fits in one chunk."""
         rewards, residuals, each, kept = [], [], {}, None
-        chunks = list(self.noise.chunks(seed, m0.shape, m0.device, m0.dtype))
-        for _, half in chunks:
+        n_chunks = len(self.noise.starts(m0.shape))
+        for _, half in self._chunks(ctx, m0.shape, m0.device, m0.dtype):
             total, per_head = self._chunk_rewards(half, m0, s0, ctx, heads)
             for k, v in per_head.items():
                 each.setdefault(k, []).append(v)
@@ -134,7 +163,7 @@ class GaussianPolicy(Policy):
             if lin is not None:  # minus the linearisation lin . d_g (odd in the noise)
                 el = torch.linalg.vecdot(half, lin * s0)
                 residuals.append(total - (torch.cat([el, -el]) if self.config.antithetic else el))
-            if len(chunks) == 1:
+            if n_chunks == 1:
                 kept = half
         means = {f"rewards/{k}/mean": torch.cat(v).mean() for k, v in each.items()}
         return torch.cat(rewards), (torch.cat(residuals) if lin is not None else None), means, kept
@@ -170,12 +199,11 @@ class GaussianPolicy(Policy):
         m0 = m.detach()
         s = self._scale(ctx, c, mu.device)
         s0 = s.detach()
-        seed = self.call_seed(ctx.step, ctx.encoder)
         lin = self._reward_gradient(m0, ctx, heads) if cfg.control_variate else None  # (B, N, C)
-        r, res, metrics, kept = self._rewards(seed, m0, s0, ctx, heads, lin)
+        r, res, metrics, kept = self._rewards(m0, s0, ctx, heads, lin)
         adv, zero_std, std = self._advantages(r, res, lin, s0)
         coef = weight.view(1, b, 1) * adv / (cfg.group_size * n)  # (G, B, N): weight of each action's log-prob
-        chunks = [(0, kept)] if kept is not None else self.noise.chunks(seed, m0.shape, m0.device, m0.dtype)
+        chunks = [(0, kept)] if kept is not None else self._chunks(ctx, m0.shape, m0.device, m0.dtype)
         S0, S1, S2 = gaussian_statistics(chunks, coef, s0, antithetic=cfg.antithetic)
         pg = gaussian_surrogate(m, s, coef, S0, S1, S2)
         g_lin = None

@@ -32,19 +32,28 @@ class ChunkedNoise:
             k = max(2, k - k % 2)
         return min(k, self.group_size)
 
+    def starts(self, shape: Sequence[int]) -> range:
+        """The first action of each chunk. Shape: shape (B, N, C)."""
+        b, n, c = shape
+        return range(0, self.group_size, self.chunk_size(b, n, c))
+
+    def chunk(self, seed: int, i: int, shape: Sequence[int], device, dtype=torch.float32) -> torch.Tensor:
+        """The independent draws of chunk ``i`` alone (its own seed). Shape: (K, B, N, C), as in :meth:`chunks`."""
+        b, n, c = shape
+        k = self.chunk_size(b, n, c)
+        size = min(k, self.group_size - i * k)
+        gen = torch.Generator(device=device)
+        gen.manual_seed((seed * 1_000_003 + i) % (1 << 62))
+        return torch.randn((size // 2 if self.antithetic else size, b, n, c), generator=gen, device=device, dtype=dtype)
+
     def chunks(self, seed: int, shape: Sequence[int], device, dtype=torch.float32) -> Iterator[Tuple[int, torch.Tensor]]:
         """``(g0, half)`` per chunk: its first action and its independent draws.
 
         Shape:
             shape: (B, N, C). half: (K, B, N, C), K = the chunk's actions (half of them when antithetic).
         """
-        b, n, c = shape
-        k = self.chunk_size(b, n, c)
-        gen = torch.Generator(device=device)
-        for i, g0 in enumerate(range(0, self.group_size, k)):
-            size = min(k, self.group_size - g0)
-            gen.manual_seed((seed * 1_000_003 + i) % (1 << 62))
-            yield g0, torch.randn((size // 2 if self.antithetic else size, b, n, c), generator=gen, device=device, dtype=dtype)
+        for i, g0 in enumerate(self.starts(shape)):
+            yield g0, self.chunk(seed, i, shape, device, dtype)
 
     def full(self, seed: int, shape: Sequence[int], device) -> torch.Tensor:
         """All ``G`` draws of a call at once, exactly as :meth:`chunks` generates them (for tests and references).
