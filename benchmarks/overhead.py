@@ -11,8 +11,9 @@ to REPA, for time and for peak memory:
   (and ``repa-novalidate``: REPA with ``validate=False``);
 - ``vrpo-gaussian-G<k>``: the Gaussian policy with group size ``k`` (``--groups``);
 - ``vrpo-agreement``, ``vrpo-achievability`` (``--arms adaptive``): the defaults with the adaptive strength;
-- ``vrpo+lpips``: the defaults plus the perceptual reward computed on *every* step (its per-call
-  cost; divide the difference to ``vrpo`` by ``perceptual_every`` for the amortised cost).
+- ``vrpo+lpips``: the defaults plus the perceptual reward computed on *every* step and used as the
+  sample weight (``sample_weight=1``; its per-call cost; divide the difference to ``vrpo`` by
+  ``perceptual_every`` for the amortised cost).
 
 The model is a compact SiT (patch embedding, adaLN-Zero blocks, final layer, as in SiT/DiT) on
 SD-VAE-shaped latents (4 x 32 x 32, patch 2: 256 tokens); the tokens after block ``tap`` are taken
@@ -211,7 +212,10 @@ def build_arms(args, hidden: int, device, compile_align: Optional[bool] = None) 
             arms[f"vrpo-gaussian-G{g}"] = VRPOAlignment(**base, **{**extra, "policy": "gaussian", "group_size": g})
     if "lpips" in wanted:
         arms["vrpo+lpips"] = VRPOAlignment(
-            **base, **{**extra, "perceptual_weight": 1.0, "perceptual_every": 1, "perceptual_subset": args.lpips_subset},
+            # sample_weight > 0: at sample_weight 0 the sample-level stage (the perceptual head with it) runs on
+            # metric steps only, and this arm would time the defaults instead of the head's per-call cost
+            **base, **{**extra, "perceptual_weight": 1.0, "perceptual_every": 1, "perceptual_subset": args.lpips_subset,
+                       "sample_weight": 1.0},
             decode=make_decoder(args.decoder, device), perceptual_net=lpips_net(device),
         )
     for m in arms.values():
