@@ -150,7 +150,7 @@ def first_look(summary, floor, eval_samples, sample_steps) -> str:
             "steps ratios and verdicts.\n")
 
 
-def markdown(summary, reference, checks, floor, eval_samples, sample_steps):
+def markdown(summary, reference, checks, floor, eval_samples, sample_steps, ref_set="450 held-out digits"):
     """The results table (early budget, end, paired differences, steps ratios, verdicts) and notes."""
     steps = next(iter(summary.values()))["steps"]
     seeds = next(iter(summary.values()))["seeds"]
@@ -186,7 +186,7 @@ def markdown(summary, reference, checks, floor, eval_samples, sample_steps):
     for label, s in summary.items():
         curve.append(f"| `{label}` | " + " | ".join(f"{m:.0f}" for m in s["fd"]["mean"]) + " |")
     notes = [f"FD: Frechet distance of {eval_samples} class-conditional samples (Euler, {sample_steps} steps) to the "
-             f"450 held-out digits in the evaluation classifier's features (at the last step: the mean of two sample "
+             f"{ref_set} in the evaluation classifier's features (at the last step: the mean of two sample "
              f"draws); real-vs-real floor {floor:.1f}. "
              f"Mean [95% t interval] over paired seeds {seeds}."]
     if len(seeds) == 1:
