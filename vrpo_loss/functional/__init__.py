@@ -17,10 +17,8 @@ REPA: Yu et al., "Representation Alignment for Generation", ICLR 2025 (github si
 from .advantage import candidate_advantage, group_advantage
 from .core import repa_projection_loss, resample_grid, tangent, token_cosine
 from .correspondence import (
-    correspondence_log_probs,
     correspondence_logits,
     correspondence_objective,
-    correspondence_surrogate,
     normalize_backward,
     with_gradient,
 )
@@ -29,10 +27,8 @@ from .gaussian import gaussian_semantic_cosine, gaussian_statistics, gaussian_su
 
 __all__ = [
     "candidate_advantage",
-    "correspondence_log_probs",
     "correspondence_logits",
     "correspondence_objective",
-    "correspondence_surrogate",
     "gaussian_semantic_cosine",
     "gaussian_statistics",
     "gaussian_surrogate",

@@ -11,10 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .core import tangent
-
-__all__ = ["correspondence_logits", "correspondence_log_probs", "correspondence_objective", "correspondence_surrogate",
-           "normalize_backward", "with_gradient"]
+__all__ = ["correspondence_logits", "correspondence_objective", "normalize_backward", "with_gradient"]
 
 
 class _GradientGiven(torch.autograd.Function):
@@ -38,40 +35,6 @@ def with_gradient(x: torch.Tensor, value: torch.Tensor, grad: torch.Tensor) -> t
         x, grad: (B, ...); value: (B,). Output: (B,).
     """
     return _GradientGiven.apply(x, value, grad)
-
-
-def correspondence_log_probs(mu: torch.Tensor, y_unit: torch.Tensor, tau: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``log pi(j | i)`` of the detached tokens, with the unit tokens and norms the gradient needs.
-
-    Shape:
-        mu, y_unit: (B, N, C). Output: log-probs (B, N, N) indexed [b, i, j], ``u`` (B, N, C), norms (B, N, 1).
-    """
-    mu0 = mu.detach()
-    norm = mu0.norm(dim=-1, keepdim=True)
-    u = mu0 / norm.clamp_min(1e-12)  # as F.normalize
-    return torch.log_softmax(torch.bmm(u, y_unit.transpose(1, 2)) / tau, dim=-1), u, norm
-
-
-def correspondence_surrogate(
-    probs: torch.Tensor, adv: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, norm: torch.Tensor,
-    y_unit: torch.Tensor, tau: float, *, gradient: bool,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Per-sample value ``w_b mean_i sum_j pi_ij (-A_ij)`` and, if asked, its gradient on ``mu``.
-
-    Shape:
-        probs, adv: (B, N, N); weight: (B,); u, y_unit: (B, N, C); norm: (B, N, 1).
-        Output: (B,) and (B, N, C) or None.
-    """
-    b, n, _ = probs.shape
-    pa = probs * adv
-    mean_adv = pa.sum(-1, keepdim=True)  # E_pi[A] per token
-    value = weight * (-mean_adv.squeeze(-1)).mean(-1)
-    if not gradient:
-        return value, None
-    g_logits = torch.addcmul(pa, probs, mean_adv, value=-1).mul_(weight.view(b, 1, 1) / -n)
-    g_u = torch.bmm(g_logits, y_unit).div_(tau)
-    g_mu = torch.where(norm > 1e-12, tangent(g_u, u), g_u).div_(norm.clamp_min(1e-12))  # through normalize
-    return value, g_mu
 
 
 def correspondence_logits(mu: torch.Tensor, y_unit: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
