@@ -138,12 +138,13 @@ class SiT(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Decode stand-in for the perceptual head: 4 x 32 x 32 latents to 3 x 256 x 256 images in [-1, 1]."""
+    """Decode stand-in for the perceptual head: 4 x 32 x 32 latents to 3 x 256 x 256 images in [-1, 1]
+    (``upsamples`` doublings: 3, SD-VAE's 8x; fewer for a quick test)."""
 
-    def __init__(self, width=64):
+    def __init__(self, width=64, upsamples=3):
         super().__init__()
         layers = [nn.Conv2d(4, width, 3, padding=1), nn.SiLU()]
-        for _ in range(3):
+        for _ in range(upsamples):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
         layers += [nn.Conv2d(width, 3, 3, padding=1), nn.Tanh()]
         self.net = nn.Sequential(*layers).requires_grad_(False).eval()
@@ -174,8 +175,8 @@ class SDVAEDecoder(nn.Module):
         return self.decoder(self.post_quant_conv(z / 0.18215)).clamp(-1, 1)
 
 
-def make_decoder(kind: str, device) -> nn.Module:
-    return (SDVAEDecoder() if kind == "sd-vae" else ConvDecoder()).to(device)
+def make_decoder(kind: str, device, stub_upsamples: int = 3) -> nn.Module:
+    return (SDVAEDecoder() if kind == "sd-vae" else ConvDecoder(upsamples=stub_upsamples)).to(device)
 
 
 def lpips_net(device):
@@ -188,7 +189,9 @@ def lpips_net(device):
 
 
 def build_arms(args, hidden: int, device, compile_align: Optional[bool] = None) -> Dict[str, Optional[nn.Module]]:
-    base = dict(hidden_dim=hidden, target_dims=(768,))
+    base = dict(hidden_dim=hidden, target_dims=(args.target_dim,))
+    if args.projector_dim is not None:
+        base["projector_dim"] = args.projector_dim
     extra = json.loads(args.vrpo_kw) if args.vrpo_kw else {}
     arms: Dict[str, Optional[nn.Module]] = {}
     wanted = args.arms
@@ -216,7 +219,7 @@ def build_arms(args, hidden: int, device, compile_align: Optional[bool] = None) 
             # metric steps only, and this arm would time the defaults instead of the head's per-call cost
             **base, **{**extra, "perceptual_weight": 1.0, "perceptual_every": 1, "perceptual_subset": args.lpips_subset,
                        "sample_weight": 1.0},
-            decode=make_decoder(args.decoder, device), perceptual_net=lpips_net(device),
+            decode=make_decoder(args.decoder, device, args.stub_upsamples), perceptual_net=lpips_net(device),
         )
     for m in arms.values():
         if m is not None:
@@ -230,14 +233,14 @@ def build_arms(args, hidden: int, device, compile_align: Optional[bool] = None) 
 class Trainer:
     """Shared model and optimizer; each arm adds its alignment module and that module's optimizer."""
 
-    def __init__(self, model, arms, *, batch, device, amp_dtype, proj_coeff=0.5, lr=1e-4, seed=0):
+    def __init__(self, model, arms, *, batch, device, amp_dtype, proj_coeff=0.5, lr=1e-4, seed=0, target_dim=768):
         self.model, self.arms, self.device, self.amp_dtype, self.proj_coeff = model, arms, device, amp_dtype, proj_coeff
         self.opt = torch.optim.AdamW(model.parameters(), lr=lr)
         self.align_opts = {k: torch.optim.AdamW(m.parameters(), lr=lr) for k, m in arms.items() if m is not None and any(True for _ in m.parameters())}
         g = torch.Generator().manual_seed(seed)
         self.x0 = torch.randn(batch, model.channels, model.size, model.size, generator=g).to(device)
         self.labels = torch.randint(0, 1000, (batch,), generator=g).to(device)
-        self.targets = torch.randn(batch, (model.size // model.patch) ** 2, 768, generator=g).to(device)
+        self.targets = torch.randn(batch, (model.size // model.patch) ** 2, target_dim, generator=g).to(device)
 
     def step(self, arm: str) -> None:
         align = self.arms[arm]
@@ -358,7 +361,7 @@ def op_counts(args, hidden: int, batch: int, device, log=print) -> List[dict]:
     g = torch.Generator().manual_seed(args.seed)
     tokens = 256  # SD-VAE latents 32 x 32, patch 2
     inputs = (torch.randn(batch, tokens, hidden, generator=g).to(device).requires_grad_(True),
-              torch.randn(batch, tokens, 768, generator=g).to(device), torch.rand(batch, generator=g).to(device),
+              torch.randn(batch, tokens, args.target_dim, generator=g).to(device), torch.rand(batch, generator=g).to(device),
               torch.rand(batch, generator=g).to(device))
     rows = []
     for arm, align in arms.items():
@@ -395,7 +398,7 @@ def run(args, preset: str, batch: int, device, amp_dtype, log=print) -> List[dic
         model = torch.compile(model)
         model.channels, model.size, model.patch = model._orig_mod.channels, model._orig_mod.size, model._orig_mod.patch
     arms = build_arms(args, shape["hidden"], device)
-    trainer = Trainer(model, arms, batch=batch, device=device, amp_dtype=amp_dtype, seed=args.seed)
+    trainer = Trainer(model, arms, batch=batch, device=device, amp_dtype=amp_dtype, seed=args.seed, target_dim=args.target_dim)
     if args.compile:  # the hook writes to the original module
         trainer.model = _CompiledView(model)
     names = list(arms)
@@ -535,6 +538,11 @@ def parse(argv=None):
     p.add_argument("--compile-align", action="store_true", help="also torch.compile each arm's alignment module")
     p.add_argument("--decoder", choices=["stub", "sd-vae"], default="stub",
                    help="decoder of the perceptual head: a small conv stand-in, or SD-VAE's decoder (needs diffusers; random weights, same cost)")
+    p.add_argument("--stub-upsamples", type=int, default=3, help="doublings of the stub decoder (3: 256x256 images "
+                   "from 32x32 latents, as SD-VAE; fewer for a quick test)")
+    p.add_argument("--target-dim", type=int, default=768, help="width of the encoder's tokens (768: DINOv2-B, REPA's default)")
+    p.add_argument("--projector-dim", type=int, default=None, help="the projector's hidden width (default: the package's, "
+                   "REPA's 2048); smaller for a quick test: bf16 matmuls on a CPU without bf16 instructions are slow")
     p.add_argument("--lpips-sweep", type=int, nargs="*", default=None, help="also time the perceptual head per call for these subset sizes")
     p.add_argument("--lpips-reps", type=int, default=3)
     p.add_argument("--count-ops", action="store_true",

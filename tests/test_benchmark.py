@@ -25,7 +25,9 @@ def test_gpu_shapes_flag_selects_sit_b_and_xl_in_bf16(overhead):
 
 def test_tiny_run_every_arm_bf16(overhead):
     argv = ["--presets", "tiny", "--batch", "2", "--warmup", "1", "--steps", "2", "--groups", "2", "4",
-            "--amp", "bf16", "--lpips-subset", "1", "--threads", "1"]
+            "--amp", "bf16", "--lpips-subset", "1", "--threads", "1", "--stub-upsamples", "1",
+            # small widths: bf16 matmuls on a CPU without bf16 instructions run a slow fallback (seconds each)
+            "--target-dim", "32", "--projector-dim", "64"]
     result = overhead.main(argv, log=None)
     rows = {r["arm"]: r for r in result["rows"]}
     assert set(rows) == {"none", "repa", "vrpo", "vrpo-nodiag", "vrpo-novalidate", "repa-novalidate", "vrpo-gaussian-G2", "vrpo-gaussian-G4", "vrpo+lpips"}
@@ -88,3 +90,23 @@ def test_vrpo_adds_at_most_60_ops_over_repa_at_defaults(overhead):
     assert rows["vrpo"]["extra_top_mean"] <= 60  # mean over the period
     assert rows["vrpo"]["top_min"] - rows["repa"]["top_min"] <= 60  # every off step
     assert rows["vrpo"]["top_max"] > rows["vrpo"]["top_min"]  # the metric step does the full metrics
+
+
+def test_lpips_arm_runs_the_perceptual_head_on_every_step(overhead, monkeypatch):
+    """The arm times the head's per-call cost: at the defaults' sample_weight 0 it would run on metric steps only."""
+    import torch
+
+    args = overhead.parse(["--presets", "tiny", "--arms", "lpips", "--lpips-subset", "1", "--stub-upsamples", "1",
+                           "--target-dim", "32", "--projector-dim", "64"])
+    calls = []
+    forward = overhead.ConvDecoder.forward
+    monkeypatch.setattr(overhead.ConvDecoder, "forward", lambda self, z: calls.append(1) or forward(self, z))
+    arm = overhead.build_arms(args, 64, torch.device("cpu"))["vrpo+lpips"]
+    trainer = overhead.Trainer(overhead.SiT(**overhead.PRESETS["tiny"]), {"vrpo+lpips": arm}, batch=2,
+                               device=torch.device("cpu"), amp_dtype=None, target_dim=32)
+    per_step = []
+    for _ in range(5):
+        before = len(calls)
+        trainer.step("vrpo+lpips")
+        per_step.append(len(calls) - before)
+    assert per_step == [2] * 5  # the prediction and the clean latents decoded, each step
