@@ -1,5 +1,10 @@
+import dataclasses
+from types import SimpleNamespace
+
 import pytest
 import torch
+
+from vrpo_loss import VRPOConfig
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +23,17 @@ def repa_loop_loss(zs_tilde, zs):
             z_j = torch.nn.functional.normalize(z_j, dim=-1)
             proj_loss = proj_loss + torch.mean(-(z_j * z_tilde_j).sum(dim=-1))
     return proj_loss / (len(zs) * bsz)
+
+
+def acting_only(kw):
+    """``kw`` with every option whose condition does not hold back at its default (to a fixpoint: a
+    reset option may be another's condition), as the generic rule of config_checks requires."""
+    changed = True
+    while changed:
+        cfg = SimpleNamespace(**{**{f.name: VRPOConfig.default(f.name) for f in dataclasses.fields(VRPOConfig)}, **kw})
+        changed = False
+        for name in kw:
+            when = VRPOConfig.condition(name)
+            if when is not None and not when.holds(cfg) and kw[name] != VRPOConfig.default(name):
+                kw[name], changed = VRPOConfig.default(name), True
+    return kw

@@ -15,6 +15,11 @@ B, N, D = 4, 9, 12
 DIMS = (8, 6)
 
 
+def _gaussian(policy, **kw):
+    """Options of the Gaussian policy (a group of 4), given only with it: elsewhere they would be refused."""
+    return dict(group_size=4, **kw) if policy == "gaussian" else {}
+
+
 def _inputs(encoders=1, dims=DIMS, dtype=torch.float32):
     h = [torch.randn(B, N, D, dtype=dtype, requires_grad=True) for _ in range(encoders)]
     y = [torch.randn(B, N, dims[e], dtype=dtype) for e in range(encoders)]
@@ -46,9 +51,8 @@ def test_repa_mode_equals_repa_formula(encoders, projected):
     torch.testing.assert_close(out.per_sample.mean(), out.loss)
 
 
-@pytest.mark.parametrize("policy", ["gaussian", "correspondence"])
-def test_vrpo_without_policy_and_weighting_has_repa_gradient(policy):
-    align = VRPOAlignment(hidden_dim=D, target_dims=DIMS, projector_dim=16, policy=policy, policy_coeff=0.0, sample_weight=0.0)
+def test_vrpo_without_policy_and_weighting_has_repa_gradient():
+    align = VRPOAlignment(hidden_dim=D, target_dims=DIMS, projector_dim=16, policy_coeff=0.0, sample_weight=0.0)
     h, y = _inputs(2)
     out = align(h, y, t=torch.rand(B), denoise_loss=torch.rand(B))
     zs_tilde = [p(x) for p, x in zip(align.projectors, h)]
@@ -75,9 +79,8 @@ def test_sample_weights_from_time_binned_fidelity():
 
 @pytest.mark.parametrize("policy", ["gaussian", "correspondence"])
 def test_gradient_routing(policy):
-    align = VRPOAlignment(hidden_dim=D, target_dims=(8,), projector_dim=16, policy=policy, group_size=4,
-                          decodability_weight=0.5, decodability_patch=1, decodability_channels=2,
-                          learn_sigma=(policy == "gaussian"))
+    align = VRPOAlignment(hidden_dim=D, target_dims=(8,), projector_dim=16, policy=policy, **_gaussian(policy, learn_sigma=True),
+                          decodability_weight=0.5, decodability_patch=1, decodability_channels=2)
     h = torch.randn(B, N, D, requires_grad=True)
     y = torch.randn(B, N, 8, requires_grad=True)
     x0 = torch.randn(B, 2, 3, 3)
@@ -111,7 +114,7 @@ def test_decodability_head_does_not_push_the_projector():
 def test_signal_fraction_is_the_cosine_of_the_policy_push_with_repa(policy):
     """Anchor off, weights one: the loss's gradient on the features is the policy term's; its cosine with REPA's
     gradient, by autograd, is the reported signal fraction."""
-    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), policy=policy, anchor_coeff=0.0, group_size=4)
+    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), policy=policy, anchor_coeff=0.0, **_gaussian(policy))
     feats = torch.randn(B, N, 8, requires_grad=True)
     y = torch.randn(B, N, 8)
     out = align(feats, y)
@@ -350,7 +353,7 @@ def test_eval_mode_does_not_advance_or_update():
     same_t=st.booleans(),
 )
 def test_loss_and_gradient_always_finite(policy, scale, tscale, weight, same_t):
-    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), policy=policy, group_size=4, sample_weight=weight)
+    align = VRPOAlignment(hidden_dim=None, target_dims=(8,), policy=policy, sample_weight=weight, **_gaussian(policy))
     feats = (torch.randn(3, 5, 8) * scale).requires_grad_(True)
     t = torch.full((3,), 0.5) if same_t else torch.rand(3)
     out = align(feats, torch.randn(3, 5, 8) * tscale, t=t, denoise_loss=torch.rand(3) * tscale)

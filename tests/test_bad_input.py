@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from vrpo_loss import VRPOAlignment, VRPOConfig
 from vrpo_loss.config_checks import FIELDS
 
+from conftest import acting_only
+
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -70,7 +72,7 @@ def valid_options(draw):
     stop = pick(None, 0, 1, 3)
     conv = hidden is not None and draw(st.booleans())
     adaptive = pick("none", "achievability", *(("agreement",) if hidden is not None else ()))
-    return dict(
+    return acting_only(dict(
         mode=pick("vrpo", "repa"), policy=pick("gaussian", "correspondence"), hidden_dim=hidden, target_dims=(pick(4, 8),),
         projector_dim=2048 if conv else draw(st.integers(1, 8)), tau=f(1e-3, 10.0), antithetic=antithetic,
         group_size=2 * draw(st.integers(1, 3)) if antithetic else draw(st.integers(2, 5)),
@@ -91,7 +93,7 @@ def valid_options(draw):
         metrics_every=draw(st.integers(1, 3)), accumulation_steps=draw(st.integers(1, 3)),
         adaptive=adaptive, adaptive_gain=f(0.1, 5.0), adaptive_min=f(0.0, 1.0), adaptive_max=f(1.0, 5.0),
         adaptive_momentum=f(1e-3, 1.0), adaptive_terminate=adaptive != "none" and draw(st.booleans()),
-    )
+    ))
 
 
 @SETTINGS
@@ -203,11 +205,20 @@ def test_numbers_are_normalised_and_lists_become_tuples():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(sigma_final=0.05), r"^sigma_final: a schedule needs sigma_decay_steps >= 1"),
-    (dict(sigma_decay_steps=10), r"^sigma_decay_steps: expected 0 without sigma_final"),
-    (dict(sigma_final=0.05, sigma_decay_steps=10, learn_sigma=True), r"^sigma_final: learn_sigma=True"),
-    (dict(token_grid=(2, 2)), r"^token_grid: only projector='conv'"),
-    (dict(sigma_min=0.5, sigma_max=0.2, sigma=0.3), r"^sigma_min, sigma_max: expected sigma_min <= sigma_max"),
+    (dict(policy="gaussian", sigma_final=0.05), r"^sigma_final: a schedule needs sigma_decay_steps >= 1"),
+    (dict(policy="gaussian", sigma_decay_steps=10), r"^sigma_decay_steps: expected 0 without sigma_final"),
+    (dict(policy="gaussian", sigma_final=0.05, sigma_decay_steps=10, learn_sigma=True), r"^sigma_final: learn_sigma=True"),
+    (dict(policy="gaussian", learn_sigma=True, sigma_min=0.5, sigma_max=0.2, sigma=0.3),
+     r"^sigma_min, sigma_max: expected sigma_min <= sigma_max"),
+    # the generic rule: an option away from its default where its condition does not hold
+    (dict(token_grid=(2, 2)), r"^token_grid: acts only with projector='conv', which does not hold here, got token_grid=\(2, 2\)"),
+    (dict(perceptual_weight=1.0), r"^perceptual_weight: acts only with mode='vrpo', sample_weight != 0"),
+    (dict(mode="repa", sample_weight=1.0), r"^sample_weight: acts only with mode='vrpo'"),
+    (dict(policy="gaussian", tau=0.05), r"^tau: acts only with .*policy='correspondence'"),
+    (dict(policy_coeff=0.0, policy="gaussian"), r"^policy: acts only with mode='vrpo', policy_coeff > 0"),
+    (dict(sigma_max=2.0, policy="gaussian"), r"^sigma_max: acts only with .*learn_sigma=True"),
+    (dict(adaptive_terminate=True), r"^adaptive_terminate: acts only with adaptive set"),
+    (dict(hidden_dim=None, projector_dim=64), r"^projector_dim: acts only with hidden_dim set"),
 ])
 def test_options_that_would_do_nothing_or_contradict_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -216,11 +227,12 @@ def test_options_that_would_do_nothing_or_contradict_are_refused(kw, match):
 
 def test_perceptual_net_as_a_string_is_the_config_field():
     # the constructor's perceptual_net (a ready LPIPS module) shares its name with the config field (the backbone)
-    assert VRPOAlignment(perceptual_net="alex").config.perceptual_net == "alex"
+    on = dict(perceptual_weight=1.0, sample_weight=1.0)
+    assert VRPOAlignment(perceptual_net="alex", **on).config.perceptual_net == "alex"
     with pytest.raises(ValueError, match="^perceptual_net: expected one of 'vgg', 'alex', 'squeeze', got 'resnet'"):
-        VRPOAlignment(perceptual_net="resnet")
+        VRPOAlignment(perceptual_net="resnet", **on)
     net = FakeLPIPS()
-    align = VRPOAlignment(perceptual_net=net, perceptual_weight=1.0)
+    align = VRPOAlignment(perceptual_net=net, **on)
     assert align.config.perceptual_net == "vgg" and align.sample_heads[1].net is net
 
 
@@ -233,14 +245,14 @@ def test_head_weight_must_be_finite():
 
 # ----------------------------------------------------------------------------- the inputs
 C = 8
-PEERS = dict(target_norm="zscore", time_weight="sigmoid", structure_coeff=0.5, sample_weight=0.5)
+PEERS = dict(target_norm="zscore", time_weight="sigmoid", structure_coeff=0.5)
 CONFIGS = {
     "correspondence": dict(policy="correspondence", sample_weight=0.5),
     "gaussian": dict(policy="gaussian", group_size=4, sample_weight=0.5, learn_sigma=True),
     "gaussian-cv-euclidean": dict(policy="gaussian", group_size=3, antithetic=False, control_variate=True, space="euclidean"),
     "repa": dict(mode="repa"),
-    "peers-correspondence": dict(policy="correspondence", **PEERS, stop_step=50, stop_ramp=10),
-    "peers-gaussian": dict(policy="gaussian", group_size=4, **PEERS),
+    "peers-correspondence": dict(policy="correspondence", **PEERS, sample_weight=0.5, stop_step=50, stop_ramp=10),
+    "peers-gaussian": dict(policy="gaussian", group_size=4, **PEERS, sample_weight=0.5),
     "peers-repa": dict(mode="repa", **PEERS),
     "projector": dict(hidden_dim=6, projector_dim=5, sample_weight=-0.5, decodability_weight=0.5),
     "conv-projector": dict(hidden_dim=6, projector="conv", mode="repa", structure_coeff=0.5),

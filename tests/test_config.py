@@ -66,8 +66,8 @@ def test_config_object_and_kwargs():
         (dict(policy="gaussian", group_size=1), ValueError, r"group_size: expected an int >= 2, got 1.*a group of one"),
         (dict(policy="gaussian", group_size=3), ValueError, r"antithetic sampling needs an even group_size"),
         (dict(tau=0.0), ValueError, r"tau: expected a value >= 0.0001"),
-        (dict(sigma=5.0), ValueError, r"sigma: expected a value in \[sigma_min, sigma_max\]"),
-        (dict(w_min=1.5), ValueError, r"w_min, w_max"),
+        (dict(policy="gaussian", learn_sigma=True, sigma=5.0), ValueError, r"sigma: expected a value in \[sigma_min, sigma_max\]"),
+        (dict(sample_weight=1.0, w_min=1.5), ValueError, r"w_min, w_max"),
         (dict(target_dims=()), ValueError, r"target_dims"),
         (dict(hidden_dim=0), ValueError, r"hidden_dim: expected a positive int or None"),
         (dict(time_bins=0), ValueError, r"time_bins: expected an int >= 1"),
@@ -81,8 +81,11 @@ def test_bad_options(kw, err, match):
         VRPOAlignment(**kw)
 
 
-def test_group_of_one_is_fine_for_correspondence_and_config_type_checked():
-    VRPOConfig(policy="correspondence", group_size=1)
+def test_group_size_is_refused_without_the_gaussian_policy_and_config_type_checked():
+    with pytest.raises(ValueError, match="^group_size: acts only with .*policy='gaussian'"):
+        VRPOConfig(policy="correspondence", group_size=1)
+    with pytest.raises(ValueError, match="^group_size: expected an int >= 2"):
+        VRPOConfig(policy="gaussian", group_size=1)
     with pytest.raises(TypeError, match="config: expected a VRPOConfig"):
         VRPOAlignment({"mode": "repa"})
 
@@ -107,5 +110,5 @@ def test_components_take_their_defaults_from_the_config():
     assert (norm.time_bins, norm.momentum, norm.eps, norm.clip) == (cfg.time_bins, cfg.stats_momentum, cfg.adv_eps, cfg.adv_clip)
     assert DecodabilityReward(target_dims=(4,), patch_dim=2, patch=1).mlps[0][0].out_features == cfg.decodability_hidden
     assert build_projector(3, 4)[0].out_features == cfg.projector_dim
-    built = VRPOAlignment(perceptual_weight=1.0, perceptual_every=7, hidden_dim=None)
+    built = VRPOAlignment(perceptual_weight=1.0, sample_weight=1.0, perceptual_every=7, hidden_dim=None)
     assert built.sample_heads[1].every == 7 and built.policy.config is built.config

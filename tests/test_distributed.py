@@ -9,6 +9,8 @@ import torch.multiprocessing as mp
 
 from vrpo_loss import VRPOAlignment
 
+from conftest import acting_only
+
 KW = dict(hidden_dim=6, projector_dim=16, target_dims=(8,), policy="correspondence", sample_weight=0.5, time_bins=4, stats_momentum=0.2)
 
 
@@ -58,10 +60,10 @@ def test_running_statistics_agree_across_ranks_and_match_joined_batch():
 EMPTY_CONFIGS = {
     "correspondence": KW,
     "gaussian": {**KW, "policy": "gaussian", "group_size": 4, "learn_sigma": True},
-    "repa": {**KW, "mode": "repa"},
+    "repa": acting_only({**KW, "mode": "repa"}),
     "peers": {**KW, "target_norm": "zscore", "time_weight": "sigmoid", "structure_coeff": 0.5, "stop_step": 2, "stop_ramp": 1},
     "adaptive-agreement": {**KW, "adaptive": "agreement", "adaptive_terminate": True},
-    "adaptive-repa": {**KW, "mode": "repa", "adaptive": "achievability"},
+    "adaptive-repa": acting_only({**KW, "mode": "repa", "adaptive": "achievability"}),
     "metric-steps-only": {**KW, "sample_weight": 0.0, "metrics_every": 2},  # the sample stage on steps 0 and 2 only
 }
 

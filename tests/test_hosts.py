@@ -136,7 +136,8 @@ def test_latent_decoder_unscales_and_clamps():
 
 def test_latent_decoder_keeps_the_vae_out_of_the_alignment_module():
     vae = FakeVAE()
-    align = VRPOAlignment(hidden_dim=8, target_dims=(6,), projector_dim=8, perceptual_weight=1.0, decode=LatentDecoder(vae))
+    align = VRPOAlignment(hidden_dim=8, target_dims=(6,), projector_dim=8, perceptual_weight=1.0, sample_weight=1.0,
+                          decode=LatentDecoder(vae))
     assert not any(k.startswith("sample_heads.0.decode") or "conv" in k for k in align.state_dict())
     assert all(p is not vae.conv.weight for p in align.parameters())
 
@@ -183,15 +184,15 @@ def test_no_flag_gives_the_package_defaults():
 
 
 def test_flags_reach_the_config_with_their_field_types():
-    args = _parse(["--alignment", "repa", "--policy", "gaussian", "--tau", "0.05", "--group-size", "4",
+    args = _parse(["--alignment", "vrpo", "--policy", "gaussian", "--group-size", "4",
                    "--perceptual-weight", "0.5", "--perceptual-every", "10", "--decodability-weight", "0.25",
                    "--sample-weight", "-0.5", "--align-opt", "antithetic=false", "--align-opt", "sigma_final=none",
                    "--align-opt", "target-dims=384,768", "--align-opt", "adv_clip=3"])
     cfg = config_from_args(args, hidden_dim=1152)
-    assert (cfg.mode, cfg.policy, cfg.tau, cfg.group_size) == ("repa", "gaussian", 0.05, 4)
+    assert (cfg.mode, cfg.policy, cfg.group_size) == ("vrpo", "gaussian", 4)
     assert (cfg.perceptual_weight, cfg.perceptual_every, cfg.decodability_weight, cfg.sample_weight) == (0.5, 10, 0.25, -0.5)
     assert cfg.antithetic is False and cfg.sigma_final is None and cfg.target_dims == (384, 768) and cfg.adv_clip == 3.0
-    assert type(cfg.perceptual_every) is int and type(cfg.tau) is float
+    assert type(cfg.perceptual_every) is int and type(cfg.adv_clip) is float
     assert args.proj_coeff == 0.5
 
 

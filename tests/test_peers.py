@@ -166,7 +166,7 @@ def test_conv_projector_grid_errors():
         align(torch.randn(B, 6, 4), torch.randn(B, 6, C))  # 2 x 2 holds 4 tokens
     with pytest.raises(ValueError, match="projector"):
         VRPOAlignment(hidden_dim=None, target_dims=(C,), projector="conv")
-    with pytest.raises(ValueError, match="^projector_dim: iREPA's conv projector"):  # a width it would not use
+    with pytest.raises(ValueError, match="^projector_dim: acts only with .*projector='mlp'"):  # a width it would not use
         VRPOAlignment(hidden_dim=4, target_dims=(C,), projector="conv", projector_dim=7)
 
 
@@ -189,8 +189,8 @@ def test_time_weight_repa_matches_reference():
 
 def test_time_weight_vrpo_is_the_weighted_mean_of_vrpo():
     h, y, t = data()
-    kw = dict(hidden_dim=None, target_dims=(C,), time_weight_center=0.5, time_weight_sharpness=5.0)
-    out = VRPOAlignment(**kw, time_weight="sigmoid")(h, y, t=t)
+    kw = dict(hidden_dim=None, target_dims=(C,))
+    out = VRPOAlignment(**kw, time_weight="sigmoid", time_weight_center=0.5, time_weight_sharpness=5.0)(h, y, t=t)
     plain = VRPOAlignment(**kw)(h, y, t=t)
     w = sigmoid_ref(t, 0.5, 5.0)
     ref = (w * plain.per_sample.double()).sum() / w.sum()

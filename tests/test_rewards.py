@@ -74,7 +74,7 @@ def test_perceptual_reward_with_random_lpips():
     torch.testing.assert_close(r[1], ref)
     assert head.sample_reward(RewardContext(x0=x0, x0_pred=pred, step=1)) is None  # not a k-th step
     # the LPIPS network stays out of the module's state_dict and parameters
-    align = VRPOAlignment(hidden_dim=None, target_dims=(4,), perceptual_weight=1.0, perceptual_net=net)
+    align = VRPOAlignment(hidden_dim=None, target_dims=(4,), perceptual_weight=1.0, sample_weight=1.0, perceptual_net=net)
     plain = VRPOAlignment(hidden_dim=None, target_dims=(4,))
     assert set(align.state_dict()) == set(plain.state_dict())
     lpips_tensors = {t.data_ptr() for t in net.state_dict().values()}

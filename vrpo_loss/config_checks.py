@@ -14,6 +14,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .conditions import LEARNED_SIGMA, inert_options
+
 #: the smallest ``tau``: logits ``cos / tau`` lie in [-1/tau, 1/tau]; NaN arises only where 2/tau overflows fp32
 #: (tau < 6e-39), but from 1e-4 down the fp32 softmax is already an argmax, so smaller values change nothing
 #: but the size of the policy gradient (its scale is adv_clip / (N * tau))
@@ -22,7 +24,8 @@ TAU_MIN = 1e-4
 #: the values of ``VRPOConfig.adaptive`` (the controller in ``adaptive.py`` reads them too)
 ADAPTIVE_CHOICES = ("none", "agreement", "achievability")
 
-__all__ = ["ADAPTIVE_CHOICES", "TAU_MIN", "FIELDS", "RULES", "check_config", "Bool", "Choice", "Int", "Real", "IntTuple"]
+__all__ = ["ADAPTIVE_CHOICES", "TAU_MIN", "FIELDS", "RULES", "check_config", "Bool", "Choice", "Int", "Real",
+           "IntTuple"]
 
 
 def _fail(name: str, what: str, value: Any, hint: str = "") -> None:
@@ -201,10 +204,8 @@ def _group_size(c) -> Optional[str]:
 def _sigma(c) -> Optional[str]:
     if c.sigma_min > c.sigma_max:
         return f"sigma_min, sigma_max: expected sigma_min <= sigma_max, got {c.sigma_min} > {c.sigma_max}"
-    if not c.sigma_min <= c.sigma <= c.sigma_max:
+    if LEARNED_SIGMA.holds(c) and not c.sigma_min <= c.sigma <= c.sigma_max:
         return f"sigma: expected a value in [sigma_min, sigma_max] = [{c.sigma_min}, {c.sigma_max}], got {c.sigma}"
-    if c.sigma_final is not None and not c.sigma_min <= c.sigma_final <= c.sigma_max:
-        return f"sigma_final: expected None or a value in [sigma_min, sigma_max] = [{c.sigma_min}, {c.sigma_max}], got {c.sigma_final}"
     return None
 
 
@@ -227,18 +228,6 @@ def _weights(c) -> Optional[str]:
     return None
 
 
-def _projector(c) -> Optional[str]:
-    if c.projector == "conv" and c.hidden_dim is None:
-        return ("projector: 'conv' builds the module's own projector and needs hidden_dim (the features' width), got "
-                "hidden_dim=None (features already projected by the host); give hidden_dim or use projector='mlp'")
-    if c.projector == "conv" and c.projector_dim != type(c).default("projector_dim"):
-        return (f"projector_dim: iREPA's conv projector is one convolution D -> C with no hidden width, got "
-                f"projector_dim={c.projector_dim} with projector='conv'; drop projector_dim (or use projector='mlp')")
-    if c.token_grid is not None and c.projector != "conv":
-        return f"token_grid: only projector='conv' reads the token grid, got token_grid={c.token_grid} with projector={c.projector!r}; drop it"
-    return None
-
-
 def _stop(c) -> Optional[str]:
     if c.stop_ramp > 0 and (c.stop_step is None or c.stop_ramp > c.stop_step):
         return (f"stop_ramp: expected at most stop_step steps (the ramp ends at stop_step), got stop_ramp={c.stop_ramp} "
@@ -252,8 +241,6 @@ def _adaptive(c) -> Optional[str]:
                 "the module must own the projector (hidden_dim set); a host that hands over only projected tokens (REPA's "
                 "zs_tilde) must hand over h instead (tap the block, pass hidden_dim=D, drop the model's projector), or use "
                 "adaptive='achievability'")
-    if c.adaptive_terminate and c.adaptive == "none":
-        return "adaptive_terminate: needs adaptive='agreement' or 'achievability' (its signals), got adaptive='none'"
     if not c.adaptive_min <= 1 <= c.adaptive_max:
         return (f"adaptive_min, adaptive_max: expected 0 <= adaptive_min <= 1 <= adaptive_max so that the mean strength "
                 f"can be one, got {c.adaptive_min}, {c.adaptive_max}")
@@ -264,7 +251,7 @@ def _adaptive(c) -> Optional[str]:
 
 
 #: the rules between fields, checked in this order once every field has passed its row
-RULES: List[Callable[[Any], Optional[str]]] = [_group_size, _sigma, _sigma_schedule, _weights, _projector, _stop, _adaptive]
+RULES: List[Callable[[Any], Optional[str]]] = [inert_options, _group_size, _sigma, _sigma_schedule, _weights, _stop, _adaptive]
 
 
 def check_config(cfg) -> None:

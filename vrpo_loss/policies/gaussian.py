@@ -99,14 +99,13 @@ class GaussianPolicy(Policy):
     def sigma_at(self, encoder: int, device, step: Optional[int] = None) -> torch.Tensor:
         """The exploration std of ``encoder`` at ``step`` (None: 0): (C,) if learned, else scalar."""
         cfg = self.config
-        lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
-        if self.log_sigma is not None:
-            return self.log_sigma[encoder].clamp(lo, hi).exp()
+        if self.log_sigma is not None:  # learned: kept in [sigma_min, sigma_max]
+            return self.log_sigma[encoder].clamp(math.log(cfg.sigma_min), math.log(cfg.sigma_max)).exp()
         s = cfg.sigma
         if cfg.sigma_final is not None and cfg.sigma_decay_steps > 0:
             frac = min((step or 0) / cfg.sigma_decay_steps, 1.0)
             s = math.exp((1 - frac) * math.log(cfg.sigma) + frac * math.log(cfg.sigma_final))
-        return torch.full((), min(max(s, cfg.sigma_min), cfg.sigma_max), device=device)
+        return torch.full((), s, device=device)  # constant or scheduled: as given
 
     @torch.compiler.disable
     def _scheduled_sigma(self, encoder: int, step: Optional[int], device) -> torch.Tensor:
