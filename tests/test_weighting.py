@@ -175,3 +175,22 @@ def test_update_refuses_statistics_that_overflow_the_buffers():
     exact = TimeBinnedNormalizer(heads=1, time_bins=1)
     exact(torch.tensor([[1e4 + 1.0, 1e4 - 1.0, 1e4 + 1.0, 1e4 - 1.0]]), t=torch.zeros(4))
     torch.testing.assert_close(exact.var, torch.ones(1, 1))
+
+
+def test_bounded_unit_mean_weighted_and_plain():
+    """The one rule of the sample weight and the adaptive strength, against a float64 loop."""
+    from vrpo_loss.weighting import bounded_unit_mean
+
+    x = torch.tensor([-2.0, 0.1, 0.5, 3.0])
+    counts = torch.tensor([1.0, 0.0, 5.0, 2.0])
+
+    def ref(w):
+        s = [min(max(1 + 0.4 * float(v), 0.3), 1.8) for v in x]
+        m = sum(wi * si for wi, si in zip(w, s)) / sum(w)
+        return torch.tensor([min(max(si / m, 0.3), 1.8) for si in s], dtype=torch.float64)
+
+    got = bounded_unit_mean(x, gain=0.4, low=0.3, high=1.8, weights=counts)
+    torch.testing.assert_close(got.double(), ref(counts.tolist()))
+    torch.testing.assert_close(bounded_unit_mean(x, gain=0.4, low=0.3, high=1.8).double(), ref([1.0] * 4))
+    # no weight anywhere: the plain mean
+    torch.testing.assert_close(bounded_unit_mean(x, gain=0.4, low=0.3, high=1.8, weights=torch.zeros(4)).double(), ref([1.0] * 4))

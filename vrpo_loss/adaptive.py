@@ -33,7 +33,7 @@ import torch.nn as nn
 from .config_checks import ADAPTIVE_CHOICES
 from .distributed import all_reduce_sum
 from .functional import token_cosine
-from .weighting import TimeBinnedNormalizer, moments
+from .weighting import TimeBinnedNormalizer, bounded_unit_mean, moments
 
 __all__ = ["ADAPTIVE_CHOICES", "AdaptiveStrength", "bin_strength", "bin_sums", "gradient_agreement"]
 
@@ -82,14 +82,11 @@ def bin_strength(mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor, *, 
     Shape:
         mean, var, count: (K,). Output: (K,).
     """
-    total = count.sum()
-    p = count / total.clamp_min(1)
+    p = count / count.sum().clamp_min(1)
     centre = (p * mean).sum()
     spread = (p * var).sum().clamp_min(0).sqrt()
     z = torch.where(count > 0, (mean - centre) / (spread + eps), torch.zeros_like(mean))
-    s = (1 + gain * z).clamp(s_min, s_max)
-    norm = torch.where(total > 0, (p * s).sum(), torch.ones_like(total))
-    return (s / norm.clamp_min(1e-12)).clamp(s_min, s_max)
+    return bounded_unit_mean(z, gain=gain, low=s_min, high=s_max, weights=count)
 
 
 class AdaptiveStrength(nn.Module):

@@ -27,7 +27,7 @@ from .config import VRPOConfig
 from .distributed import all_reduce_sum
 from .rewards import RewardContext, RewardHead
 
-__all__ = ["TimeBinnedNormalizer", "accumulation_dtype", "bounded_sample_weight", "moments", "sample_rewards",
+__all__ = ["TimeBinnedNormalizer", "accumulation_dtype", "bounded_sample_weight", "bounded_unit_mean", "moments", "sample_rewards",
            "sample_weight"]
 
 _D = VRPOConfig.default
@@ -165,8 +165,26 @@ class TimeBinnedNormalizer(nn.Module):
         return adv.clamp(-self.clip, self.clip).masked_fill(~valid, 0.0).to(out_dtype)
 
 
+def bounded_unit_mean(x: torch.Tensor, *, gain: float, low: float, high: float,
+                      weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``clamp(1 + gain * x, low, high)`` divided by its mean, clamped again: bounded factors with mean
+    about one (exactly one unless the bounds bite). ``weights`` (counts, >= 0) make the mean a weighted
+    one; where they sum to zero the plain mean is used. The one rule of the sample weight
+    (:func:`bounded_sample_weight`) and of the adaptive strength's per-bin factors.
+
+    Shape:
+        x: (K,); weights: (K,) or None. Output: (K,).
+    """
+    s = (1.0 + gain * x).clamp(low, high)
+    mean = s.mean()
+    if weights is not None:
+        total = weights.sum()
+        mean = torch.where(total > 0, (weights * s).sum() / total.clamp_min(1e-30), mean)
+    return (s / mean.clamp_min(1e-12)).clamp(low, high)
+
+
 def bounded_sample_weight(advantage: torch.Tensor, *, strength: float, w_min: float, w_max: float) -> torch.Tensor:
-    """Per-sample weight from a normalised advantage, with batch mean one.
+    """Per-sample weight from a normalised advantage, with batch mean one (:func:`bounded_unit_mean`).
 
     ``w = clamp(1 + strength * a, w_min, w_max)``, divided by its batch mean, clamped again. The
     division matters: while the model improves, its rewards run ahead of the running statistics, so
@@ -178,8 +196,7 @@ def bounded_sample_weight(advantage: torch.Tensor, *, strength: float, w_min: fl
     Shape:
         advantage: (B,). Output: (B,).
     """
-    w = (1.0 + strength * advantage).clamp(w_min, w_max)
-    return (w / w.mean().clamp_min(1e-12)).clamp(w_min, w_max)
+    return bounded_unit_mean(advantage, gain=strength, low=w_min, high=w_max)
 
 
 def sample_rewards(heads: Sequence[RewardHead], ctx: RewardContext, batch: int, device,
