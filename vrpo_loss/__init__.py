@@ -15,7 +15,7 @@ from .encoders import FrozenEncoder, check_token_count, encoder_names, load_enco
 from .hooks import FeatureTap
 from .rewards import RewardContext, RewardHead
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "VRPOAlignment",
