@@ -57,11 +57,17 @@ def gaussian_log_prob(x, mean, std):
     return (-0.5 * z**2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).mean(-1)
 
 
+def all_draws(noise, seed, shape, device):
+    """All ``G`` noise draws of a call at once, as the policy's chunks generate them (antithetic pairs
+    as (eps, -eps) within a chunk). Shape: (G, B, N, C)."""
+    return torch.cat([torch.cat([h, -h]) if noise.antithetic else h for _, h in noise.chunks(seed, shape, device)])
+
+
 def naive_gaussian(policy, mu, y, weight, seed, log_sigma=None, rewards=None):
     """The Gaussian policy's term on materialised actions; also the mean semantic reward over the group."""
     cfg = policy.config
     b, n, c = mu.shape
-    eps = policy.noise.full(seed, (b, n, c), mu.device).to(mu.dtype)
+    eps = all_draws(policy.noise, seed, (b, n, c), mu.device).to(mu.dtype)
     m = unit(mu) if cfg.space == "sphere" else mu
     s = log_sigma.exp() if log_sigma is not None else torch.tensor(cfg.sigma, dtype=mu.dtype)
     if cfg.space == "sphere":

@@ -71,7 +71,7 @@ def test_chunked_group_metrics_equal_unchunked(semantic):
         def chunk(self, seed, i, shape, device, dtype=torch.float32):
             return self.full[: G // 2]  # antithetic: the independent half ...
 
-    full = many.noise.full(many.call_seed(0, 0), (b, n, c), "cpu")
+    full = ref.all_draws(many.noise, many.call_seed(0, 0), (b, n, c), "cpu")
     halves = torch.cat([full[g : g + 1] for g in range(0, G, 2)])  # ... of each chunk's pairs
     one.noise = Same(halves)
     _, m_many = many.term(mu, _ctx(y), [semantic()], torch.ones(b), diagnostics=True)
@@ -116,12 +116,12 @@ def test_gaussian_policy_gradient_points_along_repa(space):
 
 def test_gaussian_noise_is_antithetic_and_seeded():
     pol = _gauss(target_dims=(4,), group_size=6, antithetic=True, max_action_elements=2 * 2 * 3 * 4)
-    e1 = pol.noise.full(5, (2, 3, 4), "cpu")
-    e2 = pol.noise.full(5, (2, 3, 4), "cpu")
+    e1 = ref.all_draws(pol.noise, 5, (2, 3, 4), "cpu")
+    e2 = ref.all_draws(pol.noise, 5, (2, 3, 4), "cpu")
     assert e1.shape == (6, 2, 3, 4)
     torch.testing.assert_close(e1, e2)
     torch.testing.assert_close(e1[0], -e1[1])  # chunks of 2: pairs (0, 1), (2, 3), (4, 5)
-    assert not torch.equal(e1, pol.noise.full(6, (2, 3, 4), "cpu"))
+    assert not torch.equal(e1, ref.all_draws(pol.noise, 6, (2, 3, 4), "cpu"))
     assert pol.call_seed(1, 0) != pol.call_seed(2, 0) != pol.call_seed(2, 1)
 
 

@@ -54,11 +54,3 @@ class ChunkedNoise:
         """
         for i, g0 in enumerate(self.starts(shape)):
             yield g0, self.chunk(seed, i, shape, device, dtype)
-
-    def full(self, seed: int, shape: Sequence[int], device) -> torch.Tensor:
-        """All ``G`` draws of a call at once, exactly as :meth:`chunks` generates them (for tests and references).
-
-        Shape:
-            Output: (G, B, N, C).
-        """
-        return torch.cat([torch.cat([h, -h]) if self.antithetic else h for _, h in self.chunks(seed, shape, device)])
