@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -40,17 +40,25 @@ class SemanticReward(RewardHead):
         return gaussian_semantic_cosine(half, m0, s0, F.normalize(ctx.targets, dim=-1), antithetic=antithetic)
 
 
+def patch_grid(shape: Sequence[int], patch: int) -> Tuple[int, int]:
+    """``(tokens, values per patch)`` of an x0 of ``shape`` (B, C, H, W) cut by ``patch``; a ValueError
+    naming x0 if it is not 4-d or its height and width are not multiples of ``patch``."""
+    if len(shape) != 4:
+        raise ValueError(f"x0: expected (B, C, H, W), got shape {tuple(shape)}")
+    c, h, w = shape[1:]
+    if h % patch or w % patch:
+        raise ValueError(f"x0: height and width {h}x{w} must be multiples of decodability_patch={patch}")
+    return (h // patch) * (w // patch), c * patch * patch
+
+
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     """Cut an image or latent into non-overlapping patches, in raster order (as SiT/DiT tokens).
 
     Shape:
         x: (B, C, H, W) -> (B, (H/p) * (W/p), C * p * p).
     """
-    if x.dim() != 4:
-        raise ValueError(f"x0: expected (B, C, H, W), got shape {tuple(x.shape)}")
+    patch_grid(x.shape, patch)
     b, c, h, w = x.shape
-    if h % patch or w % patch:
-        raise ValueError(f"x0: height and width {h}x{w} must be multiples of decodability_patch={patch}")
     x = x.reshape(b, c, h // patch, patch, w // patch, patch)
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
@@ -93,14 +101,10 @@ class DecodabilityReward(RewardHead):
         x0, p = ctx.x0, self.patch
         if x0 is None:
             raise ValueError("x0: the decodability reward needs the clean input x0 (B, C, H, W); pass x0=... or set decodability_weight=0")
-        if x0.dim() != 4:
-            raise ValueError(f"x0: expected (B, C, H, W), got shape {tuple(x0.shape)}")
-        c, h, w = x0.shape[1:]
-        if h % p or w % p:
-            raise ValueError(f"x0: height and width {h}x{w} must be multiples of decodability_patch={p}")
-        if (h // p) * (w // p) != tokens or c * p * p != self.patch_dim:
+        got = patch_grid(x0.shape, p)
+        if got != (tokens, self.patch_dim):
             raise ValueError(
-                f"x0: its patches have shape {((h // p) * (w // p), c * p * p)} but the heads expect ({tokens}, {self.patch_dim}); "
+                f"x0: its patches have shape {got} but the heads expect ({tokens}, {self.patch_dim}); "
                 "set decodability_patch and decodability_channels so that x0's grid / patch equals the token grid"
             )
 
