@@ -194,3 +194,22 @@ def test_bounded_unit_mean_weighted_and_plain():
     torch.testing.assert_close(bounded_unit_mean(x, gain=0.4, low=0.3, high=1.8).double(), ref([1.0] * 4))
     # no weight anywhere: the plain mean
     torch.testing.assert_close(bounded_unit_mean(x, gain=0.4, low=0.3, high=1.8, weights=torch.zeros(4)).double(), ref([1.0] * 4))
+
+
+def test_bin_sums_against_a_loop():
+    """The one binning of the sample-level stage and the adaptive strength: (H, B) and (B,) values."""
+    from vrpo_loss.weighting import bin_sums
+
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(2, 7, generator=g)
+    valid = torch.rand(2, 7, generator=g) > 0.3
+    values[~valid] = float("nan")  # invalid values count as absent, whatever they hold
+    bins = torch.tensor([0, 2, 2, 1, 0, 2, 3])
+    ref = torch.zeros(3, 2, 4, dtype=torch.float64)
+    for h in range(2):
+        for b in range(7):
+            if valid[h, b]:
+                v = float(values[h, b])
+                ref[:, h, int(bins[b])] += torch.tensor([1.0, v, v * v], dtype=torch.float64)
+    torch.testing.assert_close(bin_sums(values, valid, bins, 4), ref)
+    torch.testing.assert_close(bin_sums(values[1], valid[1], bins, 4), ref[:, 1])

@@ -33,25 +33,10 @@ import torch.nn as nn
 from .config_checks import ADAPTIVE_CHOICES
 from .distributed import all_reduce_sum
 from .functional import token_cosine
-from .weighting import TimeBinnedNormalizer, bounded_unit_mean, moments
+from .weighting import TimeBinnedNormalizer, accumulation_dtype, bin_sums, bounded_unit_mean, moments
 
-__all__ = ["ADAPTIVE_CHOICES", "AdaptiveStrength", "bin_strength", "bin_sums", "gradient_agreement"]
+__all__ = ["ADAPTIVE_CHOICES", "AdaptiveStrength", "bin_strength", "gradient_agreement"]
 
-
-
-def bin_sums(values: torch.Tensor, valid: torch.Tensor, bins: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """Per-bin count, sum and sum of squares of the valid values (invalid ones count as absent).
-
-    Shape:
-        values, valid, bins: (B,). Output: (3, n_bins) float32.
-    """
-    v = valid.float()
-    x = torch.where(valid, values.float(), torch.zeros_like(values, dtype=torch.float32))
-    out = torch.zeros(3, n_bins, device=values.device)
-    out[0].index_add_(0, bins, v)
-    out[1].index_add_(0, bins, x)
-    out[2].index_add_(0, bins, x * x)
-    return out
 
 
 def gradient_agreement(g_align: torch.Tensor, g_total: torch.Tensor, *, rtol: float = 1e-6) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +161,9 @@ class AdaptiveStrength(nn.Module):
     @torch.compiler.disable
     def _take_pending(self, device) -> torch.Tensor:
         pending, self._pending = self._pending, None
-        return torch.zeros(3, self.stats.time_bins, device=device) if pending is None else pending.to(device)
+        if pending is None:
+            return torch.zeros(3, self.stats.time_bins, device=device, dtype=accumulation_dtype(device))
+        return pending.to(device)
 
     def forward(self, mus: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], t: torch.Tensor,
                 commit: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

@@ -27,7 +27,7 @@ from .config import VRPOConfig
 from .distributed import all_reduce_sum
 from .rewards import RewardContext, RewardHead
 
-__all__ = ["TimeBinnedNormalizer", "accumulation_dtype", "bounded_sample_weight", "bounded_unit_mean", "moments", "sample_rewards",
+__all__ = ["TimeBinnedNormalizer", "accumulation_dtype", "bin_sums", "bounded_sample_weight", "bounded_unit_mean", "moments", "sample_rewards",
            "sample_weight"]
 
 _D = VRPOConfig.default
@@ -39,6 +39,25 @@ def accumulation_dtype(device) -> torch.dtype:
     A finite fp32 reward of 1e20 has a square of 1e40, past fp32's range: its moments overflow in fp32.
     """
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def bin_sums(values: torch.Tensor, valid: torch.Tensor, bins: torch.Tensor, n_bins: int,
+             dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Per-bin count, sum and sum of squares of the valid values (invalid ones count as absent), in
+    ``dtype`` (default :func:`accumulation_dtype`); the one binning of the sample-level stage and of
+    the adaptive strength (the sums, all-reduced, give :func:`moments`).
+
+    Shape:
+        values, valid: (..., B); bins: (B,). Output: (3, ..., n_bins).
+    """
+    dtype = dtype or accumulation_dtype(values.device)
+    x = torch.where(valid, values.to(dtype), torch.zeros((), device=values.device, dtype=dtype))
+    out = torch.zeros(3, *values.shape[:-1], n_bins, device=values.device, dtype=dtype)
+    last = values.dim() - 1
+    out[0].index_add_(last, bins, valid.to(dtype))
+    out[1].index_add_(last, bins, x)
+    out[2].index_add_(last, bins, x * x)
+    return out
 
 
 def moments(sums: torch.Tensor):
@@ -98,15 +117,7 @@ class TimeBinnedNormalizer(nn.Module):
 
         Shape: rewards, valid (H, B); bins (B,). Output: three (H, n_bins), in :func:`accumulation_dtype`.
         """
-        h, acc = rewards.shape[0], accumulation_dtype(rewards.device)
-        rewards = rewards.to(acc)
-        r = torch.where(valid, rewards, torch.zeros_like(rewards))
-        v = valid.to(acc)
-        sums = torch.zeros(3, h, n_bins, device=rewards.device, dtype=acc)
-        sums[0].index_add_(1, bins, v)
-        sums[1].index_add_(1, bins, r)
-        sums[2].index_add_(1, bins, r * r)
-        return moments(all_reduce_sum(sums))
+        return moments(all_reduce_sum(bin_sums(rewards, valid, bins, n_bins)))
 
     def update(self, cnt: torch.Tensor, b_mean: torch.Tensor, b_var: torch.Tensor,
                commit: Optional[torch.Tensor] = None) -> torch.Tensor:
