@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..functional import token_cosine
 from ..rewards import RewardContext, RewardHead
 
-__all__ = ["Policy", "Metrics", "Objective", "weighted_rewards", "every_step_metrics"]
+__all__ = ["Policy", "Metrics", "Objective", "anchored", "weighted_rewards", "every_step_metrics"]
 
 Metrics = Dict[str, torch.Tensor]
 
@@ -45,42 +45,43 @@ class Policy(nn.Module):
     #: whether :meth:`term` reads ``ctx.step`` (the owner then passes it; see ``RewardHead.uses_step``)
     uses_step: bool = False
 
-    def term(
-        self, mu: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead], weight: torch.Tensor, *, diagnostics: bool
-    ) -> Tuple[torch.Tensor, Metrics]:
-        """Per-sample policy loss (the group-normalised policy gradient at ``rho == 1``) and detached metrics.
+    def objective(
+        self, mu: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead], weight: Optional[torch.Tensor], *,
+        anchor_coeff: float, policy_coeff: float, diagnostics: bool, metrics: bool,
+    ) -> Objective:
+        """The one entry point of a policy family: the anchor and the policy term of one encoder, per
+        sample (a family may fuse the two; :func:`anchored` adds the anchor to a policy term).
 
         Args:
             mu: (B, N, C) fp32 projected tokens, with gradient.
             ctx: reward context; ``ctx.targets`` are the unit encoder tokens (B, N, C).
             heads: the token-level reward heads, each with its ``weight``.
-            weight: (B,) per-sample weights w_b (detached).
+            weight: (B,) per-sample weights w_b (detached), or None for weight one.
+            anchor_coeff, policy_coeff: the coefficients of the two terms.
             diagnostics: also compute the signal-fraction diagnostic.
+            metrics: compute every metric; False: only :func:`every_step_metrics`' keys.
 
         Shape:
-            Output: (B,) and a dict of scalars.
+            Output: :class:`Objective` of (B,) tensors (the policy term: the group-normalised policy
+            gradient at ``rho == 1``) and a dict of detached scalars.
         """
         raise NotImplementedError
 
-    def objective(
-        self, mu: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead], weight: Optional[torch.Tensor], *,
-        anchor_coeff: float, policy_coeff: float, diagnostics: bool, metrics: bool,
-    ) -> Objective:
-        """The anchor and the policy term of one encoder, per sample (a family may fuse the two).
+    def term(
+        self, mu: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead], weight: torch.Tensor, *, diagnostics: bool
+    ) -> Tuple[torch.Tensor, Metrics]:
+        """The policy term alone, per sample, with every metric: :meth:`objective` with ``anchor_coeff=0``."""
+        out = self.objective(mu, ctx, heads, weight, anchor_coeff=0.0, policy_coeff=1.0, diagnostics=diagnostics, metrics=True)
+        return out.loss, out.metrics
 
-        Args:
-            weight: (B,) per-sample weights, or None for weight one.
-            metrics: compute every metric; False: only :func:`every_step_metrics`' keys.
-            Others as :meth:`term`, plus the coefficients of the two terms.
 
-        Shape:
-            mu: (B, N, C); ctx.targets: (B, N, C) unit. Output: :class:`Objective` of (B,) tensors.
-        """
-        w = torch.ones(mu.shape[0], device=mu.device, dtype=mu.dtype) if weight is None else weight
-        pg, m = self.term(mu, ctx, heads, w, diagnostics=diagnostics)
-        anchor = (1 - token_cosine(mu, ctx.targets)).mean(-1)
-        loss = anchor_coeff * w * anchor + policy_coeff * pg
-        return Objective(loss, anchor.detach(), pg.detach(), m if metrics else every_step_metrics(m))
+def anchored(pg: torch.Tensor, m: Metrics, mu: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor], *,
+             anchor_coeff: float, policy_coeff: float, metrics: bool) -> Objective:
+    """A policy term ``pg`` (B,) with REPA's anchor ``mean_n (1 - cos(mu, y))`` added, weighted per sample."""
+    w = torch.ones(mu.shape[0], device=mu.device, dtype=mu.dtype) if weight is None else weight
+    anchor = (1 - token_cosine(mu, targets)).mean(-1)
+    loss = anchor_coeff * w * anchor + policy_coeff * pg
+    return Objective(loss, anchor.detach(), pg.detach(), m if metrics else every_step_metrics(m))
 
 
 def weighted_rewards(

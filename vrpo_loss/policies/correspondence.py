@@ -39,11 +39,6 @@ class CorrespondencePolicy(Policy):
     def from_config(cls, cfg: VRPOConfig) -> "CorrespondencePolicy":
         return cls(config=cfg)
 
-    def term(self, mu, ctx, heads, weight, *, diagnostics):
-        """The policy term alone, with every metric (:meth:`objective` with ``anchor_coeff=0``)."""
-        out = self.objective(mu, ctx, heads, weight, anchor_coeff=0.0, policy_coeff=1.0, diagnostics=diagnostics, metrics=True)
-        return out.loss, out.metrics
-
     def objective(self, mu, ctx, heads, weight, *, anchor_coeff, policy_coeff, diagnostics, metrics) -> Objective:
         """Anchor and policy term with their gradient on ``mu`` in closed form (one fused pass, no autograd graph).
 

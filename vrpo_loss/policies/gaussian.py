@@ -29,7 +29,7 @@ from ..functional import (
 )
 from ..rewards import RewardContext, RewardHead
 from ..step import StepClock
-from .base import Metrics, Policy, weighted_rewards
+from .base import Metrics, Objective, Policy, anchored, weighted_rewards
 from .noise import ChunkedNoise
 
 __all__ = ["GaussianPolicy"]
@@ -190,7 +190,12 @@ class GaussianPolicy(Policy):
         g_lin = (weight.view(b, 1, 1) / n) * lin / (c * spread.unsqueeze(-1))
         return g_lin.masked_fill(zero_std.unsqueeze(-1), 0.0)
 
-    def term(self, mu, ctx, heads, weight, *, diagnostics):
+    def objective(self, mu, ctx, heads, weight, *, anchor_coeff, policy_coeff, diagnostics, metrics) -> Objective:
+        w = torch.ones(mu.shape[0], device=mu.device, dtype=mu.dtype) if weight is None else weight
+        pg, m = self._policy_term(mu, ctx, heads, w, diagnostics=diagnostics)
+        return anchored(pg, m, mu, ctx.targets, w, anchor_coeff=anchor_coeff, policy_coeff=policy_coeff, metrics=metrics)
+
+    def _policy_term(self, mu, ctx, heads, weight, *, diagnostics):
         cfg = self.config
         b, n, c = mu.shape
         heads = list(heads)
