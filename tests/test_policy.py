@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from vrpo_loss import VRPOConfig
 from vrpo_loss.functional import signal_fraction
-from vrpo_loss.policies import CorrespondencePolicy, GaussianPolicy
+from vrpo_loss.policies import CorrespondencePolicy, GaussianPolicy, Policy
 from vrpo_loss.rewards import DecodabilityReward, RewardContext, SemanticReward
 
 import reference as ref
@@ -333,3 +333,34 @@ def test_objective_off_step_reports_only_the_reward_means():
         assert set(off.metrics) == {"rewards/semantic/mean"} and len(full.metrics) > 3
         torch.testing.assert_close(off.loss, full.loss)
         torch.testing.assert_close(off.metrics["rewards/semantic/mean"], full.metrics["rewards/semantic/mean"])
+
+
+class _PullToTarget(Policy):
+    """A user's policy: the policy term pulls each token towards its own target (REPA's term again),
+    so the module's loss is anchor_coeff * anchor + policy_coeff * the same (hand-checkable)."""
+
+    def objective(self, mu, ctx, heads, weight, *, anchor_coeff, policy_coeff, diagnostics, metrics):
+        from vrpo_loss.policies.base import anchored
+
+        pg = (1 - F.cosine_similarity(mu, ctx.targets, dim=-1)).mean(-1)
+        return anchored(pg, {"custom/seen": torch.ones(())}, mu, ctx.targets, weight, anchor_coeff=anchor_coeff,
+                        policy_coeff=policy_coeff, metrics=metrics)
+
+
+def test_a_users_policy_instance_is_the_policy():
+    from vrpo_loss import VRPOAlignment
+
+    align = VRPOAlignment(target_dims=(4,), policy=_PullToTarget(), policy_coeff=2.0)
+    assert align.config.policy == "custom" and isinstance(align.policy, _PullToTarget)
+    mu, y = torch.randn(3, 5, 4, requires_grad=True), torch.randn(3, 5, 4)
+    out = align(mu, y)
+    ref = 3.0 * (1 - F.cosine_similarity(mu.double(), y.double(), dim=-1)).mean()  # anchor 1 + policy 2
+    torch.testing.assert_close(out.loss.double(), ref)
+    assert "custom/seen" in out.metrics
+    # the families' options do not act with it; 'custom' names an instance; a module that is no Policy is refused
+    with pytest.raises(ValueError, match="^tau: acts only with"):
+        VRPOAlignment(target_dims=(4,), policy=_PullToTarget(), tau=0.5)
+    with pytest.raises(ValueError, match="^policy: 'custom' names a policy passed as an instance"):
+        VRPOAlignment(target_dims=(4,), policy="custom")
+    with pytest.raises(TypeError, match="^policy: expected a string or a vrpo_loss.policies.Policy, got Linear"):
+        VRPOAlignment(target_dims=(4,), policy=torch.nn.Linear(2, 2))

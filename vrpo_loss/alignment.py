@@ -32,7 +32,7 @@ from .config import VRPOConfig
 from .functional import repa_projection_loss, resample_grid, token_cosine
 from .output import VRPOOutput
 from .peers import connected_zero, peer_terms, stop_factor, zscore_tokens
-from .policies import policy_from_config
+from .policies import policy_from_config, take_policy
 from .projector import projectors_from_config
 from .reduction import Metrics, encoder_mean, reduce_terms
 from .rewards import RewardContext, RewardHead, heads_from_config
@@ -54,7 +54,7 @@ class VRPOAlignment(nn.Module):
         decode: for the perceptual reward: maps clean predictions to images in [-1, 1] (VAE decoder).
         perceptual_net: a ready LPIPS module for the perceptual reward (else built on first use); a string
             is the config field of that name (the LPIPS backbone, ``"vgg"``, ``"alex"`` or ``"squeeze"``).
-        **kwargs: fields of :class:`VRPOConfig`.
+        **kwargs: fields of :class:`VRPOConfig`; ``policy`` may be a :class:`~vrpo_loss.policies.Policy` instance (``"custom"``).
 
     Shape:
         features: (B, N, D) or a list, one per encoder ((B, N, C_e) when ``hidden_dim=None``).
@@ -82,6 +82,7 @@ class VRPOAlignment(nn.Module):
         super().__init__()
         if perceptual_net is not None and not isinstance(perceptual_net, nn.Module):
             kwargs["perceptual_net"], perceptual_net = perceptual_net, None  # the config field of the same name
+        own_policy = take_policy(kwargs)  # a user's Policy instance (the config then says 'custom'), or None
         cfg = self.config = VRPOConfig.resolve(config, kwargs)
         self.projectors = projectors_from_config(cfg)
         token_heads, sample_heads = heads_from_config(cfg, heads, decode=decode, perceptual_net=perceptual_net)
@@ -93,7 +94,7 @@ class VRPOAlignment(nn.Module):
                              f"decodability_weight > 0 or a token head in heads=), got none with policy_coeff={cfg.policy_coeff}; "
                              "add one, or set policy_coeff=0")
         self.normalizer = TimeBinnedNormalizer.from_config(cfg, heads=max(1, len(sample_heads)))
-        self.policy = policy_from_config(cfg)
+        self.policy = own_policy if own_policy is not None else policy_from_config(cfg)
         self.adaptive = AdaptiveStrength.from_config(cfg)  # per-timestep-bin strength, or None
         self.clock = StepClock(cfg.accumulation_steps)  # optimizer steps (vrpo_loss/step.py); in the extra state
         if hasattr(self.policy, "clock"):
@@ -116,8 +117,7 @@ class VRPOAlignment(nn.Module):
         restore_extra_state(self.clock, self.config, state)  # warns naming each saved option that differs
 
     def extra_repr(self) -> str:
-        c = self.config
-        return f"mode={c.mode!r}, policy={c.policy!r}, hidden_dim={c.hidden_dim}, target_dims={c.target_dims}"
+        return "mode={0.mode!r}, policy={0.policy!r}, hidden_dim={0.hidden_dim}, target_dims={0.target_dims}".format(self.config)
 
     def project(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Projected tokens ``mu`` per encoder (the projector runs under the caller's autocast)."""

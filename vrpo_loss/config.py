@@ -42,7 +42,7 @@ class VRPOConfig:
     target_dims: Tuple[int, ...] = _opt((768,), "Width C of each encoder's tokens, one entry per encoder (DINOv2-B: 768).", group="what it computes")
     projector_dim: int = _opt(2048, "Hidden width of REPA's projector MLP (D -> P -> P -> C).", group="what it computes", when=when.MLP)
     # --- policy
-    policy: str = _opt("correspondence", "Policy family: 'correspondence' (categorical over the encoder tokens of the same image, exact expectation) or 'gaussian' (sampled actions).", group="policy", when=when.POLICY)
+    policy: str = _opt("correspondence", "Policy family: 'correspondence' (categorical over the encoder tokens of the same image, exact expectation) or 'gaussian' (sampled actions); 'custom' when a Policy instance (vrpo_loss.policies.Policy: one method, objective) is passed as policy= to VRPOAlignment.", group="policy", when=when.POLICY)
     tau: float = _opt(0.1, "Correspondence policy: softmax temperature over cos(mu_i, y_j); smaller is sharper. At least 1e-4 (below it the fp32 softmax is already an argmax; at about 6e-39 it gives NaN).", group="policy", when=when.CORRESPONDENCE)
     group_size: int = _opt(8, "Gaussian policy: actions G per token (at least 2: a group of one has no relative advantage).", group="policy", when=when.GAUSSIAN)
     sigma: float = _opt(0.1, "Gaussian policy: exploration std. In 'sphere' space relative to the unit sphere (noise norm ~ sigma); in 'euclidean' per channel, absolute.", group="policy", when=when.GAUSSIAN)

@@ -132,7 +132,7 @@ FIELDS: Dict[str, Callable[[str, Any], Any]] = {
     "hidden_dim": Int(1, optional=True, what="a positive int or None (features already projected)"),
     "target_dims": IntTuple(what="a non-empty tuple of positive ints (one per encoder)"),
     "projector_dim": Int(1),
-    "policy": Choice(("gaussian", "correspondence")),
+    "policy": Choice(("gaussian", "correspondence", "custom"), hint="'custom' is set by passing a Policy instance as policy="),
     "tau": Real(TAU_MIN, hint="below it the softmax over cosines is already a hard argmax in fp32 (a cosine gap of "
                          "0.0104 at tau=1e-4 gives a probability ratio below fp32's smallest number), and at "
                          "tau < 6e-39 the logits cos/tau (|cos| <= 1) and their spread 2/tau overflow fp32: NaN"),
