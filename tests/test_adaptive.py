@@ -203,7 +203,7 @@ def test_strength_bounds_and_unit_mean(gain):
 
 def test_hand_computed_strength():
     # two bins, means 0 and 1, unit variances, equal counts: z = -/+ 0.5 / (1 + 1e-4)
-    from vrpo_loss.adaptive import bin_strength
+    from vrpo_loss.factors.adaptive import bin_strength
 
     s = bin_strength(torch.tensor([0.0, 1.0]), torch.ones(2), torch.tensor([3.0, 3.0]), gain=1.0, s_min=0.1, s_max=2.0)
     z = 0.5 / (1 + 1e-4)

@@ -397,10 +397,10 @@ def test_empty_batch_is_a_connected_zero_that_changes_no_statistic(name, trainin
 
 def test_empty_batch_takes_the_statistics_collective(monkeypatch):
     # a rank with no samples must enter the same all-reduce as the others, with zero counts
-    import vrpo_loss.weighting as weighting
+    import vrpo_loss.statistics as statistics
 
     seen = []
-    monkeypatch.setattr(weighting, "all_reduce_sum", lambda x: seen.append(x.clone()) or x)
+    monkeypatch.setattr(statistics, "all_reduce_sum", lambda x: seen.append(x.clone()) or x)
     align, d = build("correspondence")
     call(align, torch.randn(3, 4, d), torch.randn(3, 4, C))
     call(align, torch.randn(0, 4, d), torch.randn(0, 4, C))

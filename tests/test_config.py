@@ -101,7 +101,7 @@ def test_removed_options_raise_naming_the_option(option):
 def test_components_take_their_defaults_from_the_config():
     from vrpo_loss.projector import build_projector
     from vrpo_loss.rewards import DecodabilityReward, PerceptualReward
-    from vrpo_loss.weighting import TimeBinnedNormalizer
+    from vrpo_loss.statistics import TimeBinnedNormalizer
 
     cfg = VRPOConfig()
     p = PerceptualReward()

@@ -407,8 +407,10 @@ def test_token_grid_is_normalised_to_a_tuple():
 # ----------------------------------------------------------------------------- the pure functions themselves
 def test_pure_functions_match_the_references():
     # Through the module, the cosines hide a uniform rescale of the targets (biased vs unbiased std)
-    # and their norm; the functions of vrpo_loss.peers are pinned directly as well.
-    from vrpo_loss.peers import stop_factor, structure_loss, zscore_tokens
+    # and their norm; the stages' own functions are pinned directly as well.
+    from vrpo_loss.factors.stop import stop_factor
+    from vrpo_loss.structure import structure_loss
+    from vrpo_loss.targets import zscore_tokens
 
     _, y, _ = data()
     mu = torch.randn(B, N, C)

@@ -12,6 +12,12 @@ from vrpo_loss.rewards import DecodabilityReward, RewardContext, SemanticReward
 import reference as ref
 
 
+def _weighted(term, w):
+    """A policy term times per-sample weights: the pipeline applies its per-sample factor outside the
+    policy (``vrpo_loss.factors``), as the references in ``reference.py`` apply ``w`` inside."""
+    pg, metrics = term
+    return w * pg, metrics
+
 def _gauss(**kw):
     return GaussianPolicy(config=VRPOConfig(policy="gaussian", **kw))
 
@@ -39,14 +45,15 @@ def test_gaussian_term_equals_naive_surrogate(space, antithetic, budget):
     mu = torch.randn(b, n, c, requires_grad=True)
     y = torch.randn(b, n, c)
     w = torch.rand(b) + 0.5
-    pg, metrics = pol.term(mu, _ctx(y, step=4), [SemanticReward()], w, diagnostics=True)
+    pg, metrics = _weighted(pol.term(mu, _ctx(y, step=4), [SemanticReward()], diagnostics=True), w)
     want, mean_reward = ref.naive_gaussian(pol, mu, F.normalize(y, dim=-1), w, pol.call_seed(4, 0))
     torch.testing.assert_close(pg, want, atol=1e-6, rtol=1e-5)
     (g,) = torch.autograd.grad(pg.sum(), mu)
-    (g_ref,) = torch.autograd.grad(want.sum(), mu)
+    (g_ref,) = torch.autograd.grad(want.sum(), mu, retain_graph=True)
     torch.testing.assert_close(g, g_ref, atol=1e-6, rtol=1e-4)
-    # the closed-form diagnostic agrees with autograd
-    assert abs(metrics["signal_frac"].item() - _cos(g, _repa_grad(mu, y))) < 1e-4
+    # the closed-form diagnostic agrees with autograd (on the policy term itself, before the pipeline's factor)
+    (g_term,) = torch.autograd.grad((want / w).sum(), mu)
+    assert abs(metrics["signal_frac"].item() - _cos(g_term, _repa_grad(mu, y))) < 1e-4
     # the reported mean reward is over the whole group, however it is chunked
     torch.testing.assert_close(metrics["rewards/semantic/mean"], mean_reward, atol=1e-6, rtol=1e-5)
 
@@ -74,8 +81,8 @@ def test_chunked_group_metrics_equal_unchunked(semantic):
     full = ref.all_draws(many.noise, many.call_seed(0, 0), (b, n, c), "cpu")
     halves = torch.cat([full[g : g + 1] for g in range(0, G, 2)])  # ... of each chunk's pairs
     one.noise = Same(halves)
-    _, m_many = many.term(mu, _ctx(y), [semantic()], torch.ones(b), diagnostics=True)
-    _, m_one = one.term(mu, _ctx(y), [semantic()], torch.ones(b), diagnostics=True)
+    _, m_many = many.term(mu, _ctx(y), [semantic()], diagnostics=True)
+    _, m_one = one.term(mu, _ctx(y), [semantic()], diagnostics=True)
     assert set(m_one) == set(m_many)
     for k in m_one:  # the actions are the same up to their order within the group
         torch.testing.assert_close(m_many[k], m_one[k], atol=1e-6, rtol=1e-5, msg=k)
@@ -87,7 +94,7 @@ def test_gaussian_learned_sigma_gradient_matches_naive():
     mu = torch.randn(b, n, c)
     y = torch.randn(b, n, c)
     w = torch.ones(b)
-    pg, _ = pol.term(mu, _ctx(y, step=7), [SemanticReward()], w, diagnostics=False)
+    pg, _ = _weighted(pol.term(mu, _ctx(y, step=7), [SemanticReward()], diagnostics=False), w)
     (g,) = torch.autograd.grad(pg.sum(), pol.log_sigma[0])
     ls = pol.log_sigma[0].detach().clone().requires_grad_(True)
     want, _ = ref.naive_gaussian(pol, mu, F.normalize(y, dim=-1), w, pol.call_seed(7, 0), log_sigma=ls)
@@ -103,13 +110,13 @@ def test_gaussian_policy_gradient_points_along_repa(space):
     pol = _gauss(target_dims=(c,), group_size=4096, sigma=0.02, space=space, adv_scale="none", adv_clip=1e9)
     mu = torch.randn(b, n, c, requires_grad=True)
     y = torch.randn(b, n, c)
-    pg, metrics = pol.term(mu, _ctx(y), [SemanticReward()], torch.ones(b), diagnostics=True)
+    pg, metrics = pol.term(mu, _ctx(y), [SemanticReward()], diagnostics=True)
     (g,) = torch.autograd.grad(pg.sum(), mu)
     repa = _repa_grad(mu, y)
     assert _cos(g, repa) > 0.95
     # with few actions the same estimator is mostly noise (cosine about sqrt(G / C))
     few = _gauss(target_dims=(c,), group_size=2, sigma=0.02, space=space, adv_scale="none", adv_clip=1e9)
-    pg2, _ = few.term(mu, _ctx(y), [SemanticReward()], torch.ones(b), diagnostics=False)
+    pg2, _ = few.term(mu, _ctx(y), [SemanticReward()], diagnostics=False)
     (g2,) = torch.autograd.grad(pg2.sum(), mu)
     assert _cos(g2, repa) < _cos(g, repa) - 0.2
 
@@ -143,7 +150,7 @@ def test_correspondence_exact_expectation_equals_monte_carlo():
     y = F.normalize(torch.randn(b, n, c, dtype=torch.float64), dim=-1)
     ctx = RewardContext(targets=y)
     w = torch.ones(b, dtype=torch.float64)
-    pg, metrics = pol.term(mu, ctx, [SemanticReward()], w, diagnostics=True)
+    pg, metrics = _weighted(pol.term(mu, ctx, [SemanticReward()], diagnostics=True), w)
     (g_exact,) = torch.autograd.grad(pg.sum(), mu)
 
     # Monte Carlo: sample candidates j ~ pi(. | i), the score-function estimator with the same advantages
@@ -166,7 +173,7 @@ def test_correspondence_gradient_routing_and_zero_weight():
     pol = _corr(tau=0.1)
     mu = torch.randn(b, n, c, requires_grad=True)
     y = F.normalize(torch.randn(b, n, c), dim=-1).requires_grad_(True)
-    pg, _ = pol.term(mu, RewardContext(targets=y), [SemanticReward()], torch.tensor([1.0, 0.0]), diagnostics=False)
+    pg, _ = _weighted(pol.term(mu, RewardContext(targets=y), [SemanticReward()], diagnostics=False), torch.tensor([1.0, 0.0]))
     g_mu, g_y = torch.autograd.grad(pg.sum(), [mu, y], allow_unused=True)
     assert g_y is None or g_y.abs().sum() == 0  # targets are data
     assert g_mu[0].abs().sum() > 0 and g_mu[1].abs().sum() == 0  # weight zero: no push on sample 1
@@ -182,7 +189,7 @@ def test_control_variate_is_unbiased_and_reduces_variance(space, scale):
 
     def grad(G, cv, step):
         pol = _gauss(target_dims=(c,), group_size=G, sigma=0.05, space=space, adv_scale=scale, adv_clip=1e9, control_variate=cv)
-        pg, metrics = pol.term(mu, _ctx(y, step), [SemanticReward()], w, diagnostics=True)
+        pg, metrics = _weighted(pol.term(mu, _ctx(y, step), [SemanticReward()], diagnostics=True), w)
         (g,) = torch.autograd.grad(pg.sum(), mu)
         return g, metrics
 
@@ -203,7 +210,7 @@ def test_control_variate_needs_differentiable_heads():
 
     pol = _gauss(target_dims=(4,), group_size=2, control_variate=True)
     with pytest.raises(ValueError, match="control_variate"):
-        pol.term(torch.randn(1, 3, 4), _ctx(torch.randn(1, 3, 4)), [Step()], torch.ones(1), diagnostics=False)
+        pol.term(torch.randn(1, 3, 4), _ctx(torch.randn(1, 3, 4)), [Step()], diagnostics=False)
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
@@ -224,7 +231,7 @@ def test_correspondence_closed_form_gradient_equals_autograd_surrogate(scale, cl
         heads.append(DecodabilityReward(target_dims=(c,), patch_dim=4, patch=1, weight=0.5))
         ctx = RewardContext(targets=y, x0=torch.randn(b, 4, 4, 4))
     w = torch.rand(b, dtype=dtype) + 0.5
-    pg, m = pol.term(mu, ctx, heads, w, diagnostics=True)
+    pg, m = _weighted(pol.term(mu, ctx, heads, diagnostics=True), w)
     want, m_ref = ref.correspondence_autograd(0.2, scale, 1e-4, clip, mu, y, heads, ctx, w)
     torch.testing.assert_close(pg, want, **tol)
     scale_b = torch.arange(1.0, b + 1, dtype=dtype)  # a different upstream gradient per sample
@@ -234,7 +241,7 @@ def test_correspondence_closed_form_gradient_equals_autograd_surrogate(scale, cl
     assert set(m) == set(m_ref) | {"signal_frac"}
     for k in m_ref:
         torch.testing.assert_close(m[k].to(dtype), m_ref[k].to(dtype), **tol, msg=k)
-    (g_one,) = torch.autograd.grad(want.sum(), mu)
+    (g_one,) = torch.autograd.grad((want / w).sum(), mu)  # the diagnostic: the term before the factor
     assert abs(m["signal_frac"].item() - _cos(g_one, _repa_grad(mu, y))) < (1e-9 if dtype == torch.float64 else 1e-4)
 
 
@@ -255,8 +262,8 @@ def test_gaussian_semantic_fast_path_equals_materialised_actions(space, antithet
     mu = torch.randn(b, n, c, requires_grad=True)
     y = torch.randn(b, n, c)
     w = torch.rand(b) + 0.5
-    pg, m = pol.term(mu, _ctx(y, 3), [SemanticReward(weight=0.7)], w, diagnostics=True)
-    want, m_ref = pol.term(mu, _ctx(y, 3), [_SemanticCopy(weight=0.7)], w, diagnostics=True)
+    pg, m = _weighted(pol.term(mu, _ctx(y, 3), [SemanticReward(weight=0.7)], diagnostics=True), w)
+    want, m_ref = _weighted(pol.term(mu, _ctx(y, 3), [_SemanticCopy(weight=0.7)], diagnostics=True), w)
     torch.testing.assert_close(pg, want, atol=1e-6, rtol=1e-5)
     (g,) = torch.autograd.grad(pg.sum(), mu)
     (g_ref,) = torch.autograd.grad(want.sum(), mu)
@@ -280,10 +287,10 @@ def test_correspondence_without_gradient_gives_the_same_value_and_metrics():
     mu = torch.randn(b, n, c, requires_grad=True)
     y = F.normalize(torch.randn(b, n, c), dim=-1)
     w = torch.rand(b) + 0.5
-    pg, m = pol.term(mu, RewardContext(targets=y), [SemanticReward()], w, diagnostics=True)
+    pg, m = _weighted(pol.term(mu, RewardContext(targets=y), [SemanticReward()], diagnostics=True), w)
     with torch.no_grad():
-        pg0, m0 = pol.term(mu, RewardContext(targets=y), [SemanticReward()], w, diagnostics=True)
-        pg1, m1 = pol.term(mu, RewardContext(targets=y), [SemanticReward()], w, diagnostics=False)
+        pg0, m0 = _weighted(pol.term(mu, RewardContext(targets=y), [SemanticReward()], diagnostics=True), w)
+        pg1, m1 = _weighted(pol.term(mu, RewardContext(targets=y), [SemanticReward()], diagnostics=False), w)
     assert pg0.grad_fn is None
     torch.testing.assert_close(pg0, pg.detach())
     torch.testing.assert_close(pg1, pg.detach())
@@ -306,17 +313,18 @@ def test_correspondence_objective_equals_anchor_plus_surrogate_by_autograd(dtype
     mu.requires_grad_(True)
     y = F.normalize(torch.randn(b, n, c, dtype=dtype), dim=-1)
     ctx = RewardContext(targets=y)
-    w = torch.rand(b, dtype=dtype) + 0.5 if weighted else None
+    w = torch.rand(b, dtype=dtype) + 0.5 if weighted else torch.ones(b, dtype=dtype)
     ones = torch.ones(b, dtype=dtype)
-    out = pol.objective(mu, ctx, [SemanticReward()], w, anchor_coeff=ca, policy_coeff=cp, diagnostics=True, metrics=True)
-    pg, _ = ref.correspondence_autograd(0.2, "group", 1e-4, 5.0, mu, y, [SemanticReward()], ctx, ones if w is None else w)
+    out = pol.objective(mu, ctx, [SemanticReward()], anchor_coeff=ca, policy_coeff=cp, diagnostics=True, metrics=True)
+    pg, _ = ref.correspondence_autograd(0.2, "group", 1e-4, 5.0, mu, y, [SemanticReward()], ctx, ones)
+    pg_w, _ = ref.correspondence_autograd(0.2, "group", 1e-4, 5.0, mu, y, [SemanticReward()], ctx, w)
     anchor = (1 - F.cosine_similarity(mu, y, dim=-1, eps=1e-12)).mean(-1)
-    want = ca * (ones if w is None else w) * anchor + cp * pg
-    torch.testing.assert_close(out.loss, want, **tol)
+    want = ca * w * anchor + cp * pg_w  # the reference weights inside; the pipeline multiplies the factor outside
+    torch.testing.assert_close(w * out.loss, want, **tol)
     torch.testing.assert_close(out.anchor, anchor.detach(), **tol)
     torch.testing.assert_close(out.policy, pg.detach(), **tol)
     upstream = torch.arange(1.0, b + 1, dtype=dtype)
-    (g,) = torch.autograd.grad((out.loss * upstream).sum(), mu)
+    (g,) = torch.autograd.grad((w * out.loss * upstream).sum(), mu)
     (g_ref,) = torch.autograd.grad((want * upstream).sum(), mu, retain_graph=True)
     torch.testing.assert_close(g, g_ref, **tol)
     (g_pol,) = torch.autograd.grad(pg.sum(), mu)  # the signal fraction is the policy term's alone
@@ -328,8 +336,8 @@ def test_objective_off_step_reports_only_the_reward_means():
     mu = torch.randn(b, n, c, requires_grad=True)
     y = F.normalize(torch.randn(b, n, c), dim=-1)
     for pol in (_corr(tau=0.3), _gauss(target_dims=(c,), group_size=4)):
-        full = pol.objective(mu, _ctx(y, 0), [SemanticReward()], None, anchor_coeff=1.0, policy_coeff=1.0, diagnostics=False, metrics=True)
-        off = pol.objective(mu, _ctx(y, 0), [SemanticReward()], None, anchor_coeff=1.0, policy_coeff=1.0, diagnostics=False, metrics=False)
+        full = pol.objective(mu, _ctx(y, 0), [SemanticReward()], anchor_coeff=1.0, policy_coeff=1.0, diagnostics=False, metrics=True)
+        off = pol.objective(mu, _ctx(y, 0), [SemanticReward()], anchor_coeff=1.0, policy_coeff=1.0, diagnostics=False, metrics=False)
         assert set(off.metrics) == {"rewards/semantic/mean"} and len(full.metrics) > 3
         torch.testing.assert_close(off.loss, full.loss)
         torch.testing.assert_close(off.metrics["rewards/semantic/mean"], full.metrics["rewards/semantic/mean"])
@@ -339,11 +347,11 @@ class _PullToTarget(Policy):
     """A user's policy: the policy term pulls each token towards its own target (REPA's term again),
     so the module's loss is anchor_coeff * anchor + policy_coeff * the same (hand-checkable)."""
 
-    def objective(self, mu, ctx, heads, weight, *, anchor_coeff, policy_coeff, diagnostics, metrics):
+    def objective(self, mu, ctx, heads, *, anchor_coeff, policy_coeff, diagnostics, metrics):
         from vrpo_loss.policies.base import anchored
 
         pg = (1 - F.cosine_similarity(mu, ctx.targets, dim=-1)).mean(-1)
-        return anchored(pg, {"custom/seen": torch.ones(())}, mu, ctx.targets, weight, anchor_coeff=anchor_coeff,
+        return anchored(pg, {"custom/seen": torch.ones(())}, mu, ctx.targets, anchor_coeff=anchor_coeff,
                         policy_coeff=policy_coeff, metrics=metrics)
 
 

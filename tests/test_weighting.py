@@ -2,7 +2,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vrpo_loss.weighting import TimeBinnedNormalizer, bounded_sample_weight
+from vrpo_loss.factors.sample_weight import bounded_sample_weight
+from vrpo_loss.statistics import TimeBinnedNormalizer
 
 
 def _loop_reference(batches, K, momentum, eps, clip):
@@ -179,7 +180,7 @@ def test_update_refuses_statistics_that_overflow_the_buffers():
 
 def test_bounded_unit_mean_weighted_and_plain():
     """The one rule of the sample weight and the adaptive strength, against a float64 loop."""
-    from vrpo_loss.weighting import bounded_unit_mean
+    from vrpo_loss.factors.bounded import bounded_unit_mean
 
     x = torch.tensor([-2.0, 0.1, 0.5, 3.0])
     counts = torch.tensor([1.0, 0.0, 5.0, 2.0])
@@ -198,7 +199,7 @@ def test_bounded_unit_mean_weighted_and_plain():
 
 def test_bin_sums_against_a_loop():
     """The one binning of the sample-level stage and the adaptive strength: (H, B) and (B,) values."""
-    from vrpo_loss.weighting import bin_sums
+    from vrpo_loss.statistics import bin_sums
 
     g = torch.Generator().manual_seed(3)
     values = torch.randn(2, 7, generator=g)

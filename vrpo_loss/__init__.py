@@ -13,6 +13,7 @@ from .alignment import VRPOAlignment, VRPOOutput
 from .config import VRPOConfig
 from .encoders import FrozenEncoder, check_token_count, encoder_names, load_encoder, preprocess
 from .hooks import FeatureTap
+from .objective import alignment_loss
 from .rewards import RewardContext, RewardHead
 
 __version__ = "0.2.0"
@@ -21,6 +22,7 @@ __all__ = [
     "VRPOAlignment",
     "VRPOConfig",
     "VRPOOutput",
+    "alignment_loss",
     "RewardHead",
     "RewardContext",
     "FeatureTap",

@@ -24,22 +24,24 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .adaptive import AdaptiveStrength
 from .compat import migrate_policy_seed
 from .config import VRPOConfig
-from .functional import repa_projection_loss, resample_grid, token_cosine
+from .factors.adaptive import AdaptiveStrength
+from .factors.sample_weight import sample_weight
+from .factors.stop import connected_zero, stop_factor
+from .functional import resample_grid
+from .objective import objective
 from .output import VRPOOutput
-from .peers import connected_zero, peer_terms, stop_factor, zscore_tokens
 from .policies import policy_from_config, take_policy
 from .projector import projectors_from_config
-from .reduction import Metrics, encoder_mean, reduce_terms
+from .reduction import Metrics
 from .rewards import RewardContext, RewardHead, heads_from_config
 from .saved import extra_state, restore_extra_state
+from .statistics import TimeBinnedNormalizer
 from .step import StepClock
+from .targets import prepare_targets
 from .validation import as_list, check_input_values, check_inputs, check_optional
-from .weighting import TimeBinnedNormalizer, sample_weight
 
 __all__ = ["VRPOAlignment", "VRPOOutput"]
 
@@ -67,7 +69,7 @@ class VRPOAlignment(nn.Module):
         (B = 0: ``loss`` is an exact zero connected to the inputs and parameters, ``per_sample`` is empty);
         with ``time_weight="sigmoid"``, ``per_sample[b] = B * w_b / sum(w) * loss_b`` (its mean is the weighted mean).
 
-    Peer options (iREPA, VA-REPA, HASTE, SARA-style; :mod:`vrpo_loss.peers`) compose with both modes.
+    Peer options (iREPA, VA-REPA, HASTE, SARA-style: stages of :mod:`vrpo_loss.objective`) compose with both modes.
     """
 
     def __init__(
@@ -163,26 +165,27 @@ class VRPOAlignment(nn.Module):
 
     def _align(self, features, targets, ctx: RewardContext, commit: Optional[torch.Tensor],
                scale: Optional[torch.Tensor], when: Optional[Tuple[bool, bool]]) -> VRPOOutput:
-        """Project, prepare the targets, the adaptive strength, the mode's loss, then the peer terms
-        (structure, time weight, ramp)."""
+        """The pipeline (:mod:`vrpo_loss.objective`): targets, projection, then the stateful factors
+        (adaptive strength, sample weight) computed here and the rest in :func:`objective`."""
         cfg = self.config
         if self.adaptive is not None:
-            features = self.adaptive.attach(features, ctx.t)  # the agreement probe (an identity view of h)
+            features = self.adaptive.attach(features)  # the agreement probe (an identity view of h)
         mus = self.project(features)
         with torch.autocast(device_type=mus[0].device.type, enabled=False):
             mus = [m.float() for m in mus]
-            ys = self._prepare_targets(targets)
-            strength, adaptive = (None, {}) if self.adaptive is None else self.adaptive(mus, ys, ctx.t, commit)
-            if cfg.mode == "repa":
-                per_sample = repa_projection_loss(mus, ys, reduction="none")
-                metrics = {"loss_anchor": per_sample.mean().detach(), "cos": -per_sample.mean().detach()}
-                per_sample = per_sample if strength is None else per_sample * strength
-            else:
+            ys = prepare_targets(targets, norm=cfg.target_norm, alpha=cfg.zscore_alpha)
+            strength, metrics = (None, {}) if self.adaptive is None else self.adaptive(mus, ys, ctx.t, commit)
+            full, diag, weight = False, False, None
+            if cfg.mode == "vrpo":
+                full, diag = when
                 ctx = dataclasses.replace(ctx, step=self._step_if_read())
-                out = self._vrpo(mus, ys, ctx, commit, strength, *when)
-                per_sample, metrics = out.per_sample, out.metrics
-            per_sample, extra = peer_terms(per_sample, mus, ys, ctx.t, cfg, scale)
-        return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, metrics={**metrics, **adaptive, **extra})
+                self._check_heads(mus, ctx)
+                if self._sample_stage_runs(full):
+                    weight = self._sample_weight(ctx, mus[0].shape[0], mus[0].device, commit, metrics if full else None)
+            out = objective(mus, ys, ctx, cfg, policy=self.policy, heads=list(self.token_heads), weight=weight,
+                            strength=strength, stop_scale=scale, metrics=full, diagnostics=diag)
+        out.metrics.update({k: v.detach() for k, v in metrics.items()})
+        return out
 
     def _zero(self, features, metrics: Metrics) -> VRPOOutput:
         """An exact zero loss connected to the inputs and every parameter (zero gradients, not None)."""
@@ -200,29 +203,28 @@ class VRPOAlignment(nn.Module):
         """
         cfg = self.config
         if self.adaptive is not None:
-            self.adaptive.attach(features, ctx.t)  # checks t (no probe: nothing is projected)
-            ys = self._prepare_targets(targets)
+            ys = prepare_targets(targets, norm=cfg.target_norm, alpha=cfg.zscore_alpha)
             self.adaptive(ys, ys, ctx.t, commit)
         if cfg.mode == "vrpo" and self._sample_stage_runs(when[0]):  # as on the other ranks this call
             self._check_heads(features, ctx)
             ctx = dataclasses.replace(ctx, step=self._step_if_read())
-            sample_weight(list(self.sample_heads), self.normalizer, ctx, batch=0, device=features[0].device,
-                          strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max, commit=commit, metrics={})
+            self._sample_weight(ctx, 0, features[0].device, commit, {})
         return self._zero(features, {})
+
+    def _sample_weight(self, ctx: RewardContext, batch: int, device, commit: Optional[torch.Tensor],
+                       metrics: Optional[Metrics]) -> Optional[torch.Tensor]:
+        """The sample weight (:mod:`vrpo_loss.factors.sample_weight`; its statistics take the batch in),
+        or None for weight one."""
+        cfg = self.config
+        w = sample_weight(list(self.sample_heads), self.normalizer, ctx, batch=batch, device=device,
+                          strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max, commit=commit, metrics=metrics)
+        return w if cfg.sample_weight != 0 else None
 
     def _check_heads(self, features, ctx: RewardContext) -> None:
         # metadata checks of the heads' inputs, before the running statistics take the batch in
         for head in [*self.token_heads, *self.sample_heads]:
             for h in features:
                 head.check_inputs(ctx, h.shape[1])
-
-    def _prepare_targets(self, targets: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """The targets as the objective sees them: detached, fp32, z-scored over the tokens with
-        ``target_norm="zscore"`` (iREPA, before everything else), unit-normalised per token."""
-        ys = [y.detach().float() for y in targets]
-        if self.config.target_norm == "zscore":
-            ys = [zscore_tokens(y, self.config.zscore_alpha) for y in ys]
-        return [F.normalize(y, dim=-1) for y in ys]
 
     def _step_if_read(self) -> Optional[int]:
         # The step is read only where a result depends on it (a head or a policy that declares
@@ -266,35 +268,3 @@ class VRPOAlignment(nn.Module):
         # The same on every rank (the step is), so the statistics' all-reduce stays matched.
         cfg = self.config
         return bool(self.sample_heads) and (cfg.sample_weight != 0 or full or self._user_sample_heads)
-
-    def _vrpo(self, mus, ys, base: RewardContext, commit: Optional[torch.Tensor], strength: Optional[torch.Tensor],
-              full: bool, diag: bool) -> VRPOOutput:
-        cfg = self.config
-        metrics: Metrics = {}
-        self._check_heads(mus, base)
-        w = None  # weight one
-        if self._sample_stage_runs(full):
-            w = sample_weight(list(self.sample_heads), self.normalizer, base, batch=mus[0].shape[0], device=mus[0].device,
-                              strength=cfg.sample_weight, w_min=cfg.w_min, w_max=cfg.w_max, commit=commit,
-                              metrics=metrics if full else None)
-            w = w if cfg.sample_weight != 0 else None
-        if strength is not None:  # the adaptive per-bin strength scales policy and anchor terms
-            w = strength if w is None else w * strength
-        run_policy = cfg.policy_coeff > 0  # False: no policy work at all
-        loss, anchor, policy, aux, per_encoder = [], [], [], [], []
-        for e, (mu, y) in enumerate(zip(mus, ys)):
-            ctx = dataclasses.replace(base, targets=y, encoder=e)
-            if run_policy:
-                o = self.policy.objective(mu, ctx, list(self.token_heads), w, anchor_coeff=cfg.anchor_coeff,
-                                          policy_coeff=cfg.policy_coeff, diagnostics=diag, metrics=full)
-                loss.append(o.loss)
-                anchor.append(o.anchor)
-                policy.append(o.policy)
-                per_encoder.append(o.metrics)
-            else:
-                anchor.append((1 - token_cosine(mu, y)).mean(-1))
-            aux += [x for x in (head.aux_loss(mu, ctx) for head in self.token_heads) if x is not None]
-        if not run_policy:
-            loss = [cfg.anchor_coeff * encoder_mean(anchor) if w is None else cfg.anchor_coeff * w * encoder_mean(anchor)]
-        return reduce_terms(w, loss, anchor, policy, aux, per_encoder, metrics, full=full)
-

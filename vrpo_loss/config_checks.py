@@ -21,7 +21,7 @@ from .conditions import LEARNED_SIGMA, inert_options
 #: but the size of the policy gradient (its scale is adv_clip / (N * tau))
 TAU_MIN = 1e-4
 
-#: the values of ``VRPOConfig.adaptive`` (the controller in ``adaptive.py`` reads them too)
+#: the values of ``VRPOConfig.adaptive`` (the controller in ``factors/adaptive.py`` reads them too)
 ADAPTIVE_CHOICES = ("none", "agreement", "achievability")
 
 __all__ = ["ADAPTIVE_CHOICES", "TAU_MIN", "FIELDS", "RULES", "check_config", "Bool", "Choice", "Int", "Real",

@@ -1,8 +1,8 @@
-"""The loss of ``mode="vrpo"`` in one place: the per-encoder terms reduced to ``per_sample``, and its metrics."""
+"""Stage 5 of the pipeline, the reduction: per-sample loss, its mean, and the metrics of the terms, in one place."""
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -12,23 +12,33 @@ __all__ = ["Metrics", "encoder_mean", "reduce_terms"]
 
 Metrics = Dict[str, torch.Tensor]
 
+# metric name of each term: the mean over the batch of the unscaled per-sample term
+TERM_METRICS = {"anchor": "loss_anchor", "policy": "loss_policy", "structure": "loss_structure"}
 
-def reduce_terms(w, loss, anchor, policy, aux, per_encoder, metrics: Metrics, *, full: bool) -> VRPOOutput:
-    """The loss in one place: ``anchor_coeff * w * anchor + policy_coeff * policy + head losses``, per sample."""
-    per_sample = encoder_mean(loss)
-    if policy:
-        metrics["loss_policy"] = encoder_mean(policy).mean()
-        for key in per_encoder[0]:
-            metrics[key] = encoder_mean([m[key] for m in per_encoder])
-    if aux:
-        loss_heads = torch.stack(aux).sum(0) / len(anchor)
-        per_sample = per_sample + loss_heads
-        metrics["loss_heads"] = loss_heads.mean()
-    metrics["loss_anchor"] = encoder_mean(anchor).mean()
+
+def reduce_terms(align: torch.Tensor, factor: Optional[torch.Tensor], aux: List[torch.Tensor],
+                 terms: Dict[str, torch.Tensor], metrics: Metrics, *, full: bool) -> VRPOOutput:
+    """``per_sample = factor * align + heads' losses`` and ``loss = per_sample.mean()``: the one rule.
+
+    ``align`` is the coefficient-weighted sum of the alignment terms per sample, ``factor`` the product
+    of the per-sample factors (None: one), ``aux`` the heads' own losses (each (B,)). The metrics of
+    the terms mean the same in every mode: ``loss_<term>`` is the batch mean of the unscaled term
+    (``loss_anchor = 1 - cos``, ``cos`` its complement); ``weight/mean`` the mean factor.
+
+    Shape:
+        align, factor, aux[k], terms[name]: (B,). Output: :class:`VRPOOutput`.
+    """
+    per_sample = align if factor is None else factor * align
+    for x in aux:
+        per_sample = per_sample + x
+    for name, value in terms.items():
+        metrics[TERM_METRICS[name]] = value.mean()
     metrics["cos"] = 1 - metrics["loss_anchor"]
+    if aux:
+        metrics["loss_heads"] = torch.stack(aux).sum(0).mean()
     if full:
-        metrics["weight/mean"] = w.mean() if w is not None else torch.ones((), device=per_sample.device)
-    return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample,
+        metrics["weight/mean"] = factor.mean() if factor is not None else torch.ones((), device=per_sample.device)
+    return VRPOOutput(loss=per_sample.mean(), per_sample=per_sample, terms=terms,
                       metrics={k: v.detach() if v.requires_grad else v for k, v in metrics.items()})
 
 

@@ -72,43 +72,41 @@ def _combine(ca: float, a: torch.Tensor, cp: float, p: torch.Tensor) -> torch.Te
 
 def correspondence_objective(
     probs: torch.Tensor, adv: torch.Tensor, cos: torch.Tensor, y_unit: torch.Tensor, u: torch.Tensor,
-    norm: torch.Tensor, clamped: torch.Tensor, tau: float, *, weight: Optional[torch.Tensor], anchor_coeff: float,
+    norm: torch.Tensor, clamped: torch.Tensor, tau: float, *, anchor_coeff: float,
     policy_coeff: float, gradient: bool, split: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Anchor and policy term together, value and gradient on ``mu`` in closed form (one backward node).
 
-    Per sample ``anchor_coeff * w_b * anchor_b + policy_coeff * policy_b`` with ``anchor_b = 1 - mean_i
-    cos(mu_i, y_i)`` (REPA's term) and ``policy_b = w_b mean_i sum_j pi_ij (-A_ij)`` (the surrogate
-    at ``rho == 1``). Both gradients are taken on ``u`` (the anchor's is ``-(w_b / N) y_i``) and
-    mapped through ``normalize`` once. ``weight=None`` is weight one.
+    Per sample ``anchor_coeff * anchor_b + policy_coeff * policy_b`` with ``anchor_b = 1 - mean_i
+    cos(mu_i, y_i)`` (REPA's term) and ``policy_b = mean_i sum_j pi_ij (-A_ij)`` (the surrogate at
+    ``rho == 1``). Both gradients are taken on ``u`` (the anchor's is ``-y_i / N``) and mapped
+    through ``normalize`` once. Per-sample factors are the caller's (``with_gradient`` scales the
+    gradient by the upstream one, per sample).
 
     Returns:
-        ``(value, anchor, policy, g_mu, g_policy)``: the per-sample value, the anchor (without ``w``)
-        and the policy term (with ``w``) per sample, the gradient on ``mu`` (None unless ``gradient``)
+        ``(value, anchor, policy, g_mu, g_policy)``: the per-sample value, the anchor and the policy
+        term per sample, the gradient on ``mu`` (None unless ``gradient``)
         and, with ``split``, the policy term's own gradient (for the signal fraction).
 
     Shape:
         probs, adv, cos: (B, N, N) (``cos`` read on its diagonal); y_unit, u: (B, N, C); norm, clamped:
-        (B, N, 1); weight: (B,) or None. Output: (B,) three times, then (B, N, C) or None twice.
+        (B, N, 1). Output: (B,) three times, then (B, N, C) or None twice.
     """
     b, n, _ = probs.shape
     pa = probs * adv
     mean_adv = pa.sum(-1, keepdim=True)  # E_pi[A] per token
     anchor = 1 - cos.diagonal(dim1=1, dim2=2).mean(-1)
     policy = -mean_adv.mean((1, 2))
-    if weight is not None:
-        policy = weight * policy
-    value = _combine(anchor_coeff, anchor if weight is None else weight * anchor, policy_coeff, policy)
+    value = _combine(anchor_coeff, anchor, policy_coeff, policy)
     if not gradient:
         return value, anchor, policy, None, None
-    w = None if weight is None else weight.view(b, 1, 1)
     # d policy_b / d logits = -(w_b / N) pi (A - E_pi[A]); logits = u . y / tau
     g_u = torch.bmm(torch.addcmul(pa, probs, mean_adv, value=-1), y_unit)
     cp, ca = -policy_coeff / (n * tau), -anchor_coeff / n
-    g_u.mul_(cp if w is None else w * cp)
+    g_u.mul_(cp)
     if not anchor_coeff:
         g_mu = normalize_backward(g_u, u, norm, clamped)
         return value, anchor, policy, g_mu, g_mu if split else None
     g_pol = normalize_backward(g_u.clone(), u, norm, clamped) if split else None
-    g_u = g_u.add_(y_unit, alpha=ca) if w is None else g_u.addcmul_(y_unit, w, value=ca)
+    g_u = g_u.add_(y_unit, alpha=ca)
     return value, anchor, policy, normalize_backward(g_u, u, norm, clamped), g_pol

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -19,8 +19,8 @@ class Objective(NamedTuple):
     """What :meth:`Policy.objective` returns for one encoder.
 
     Attributes:
-        loss: (B,) ``anchor_coeff * w_b * anchor_b + policy_coeff * policy_b``, with gradient on ``mu``.
-        anchor: (B,) detached ``mean_i (1 - cos(mu_i, y_i))``; policy: (B,) detached policy term (with ``w``).
+        loss: (B,) ``anchor_coeff * anchor_b + policy_coeff * policy_b``, with gradient on ``mu``.
+        anchor: (B,) detached ``mean_i (1 - cos(mu_i, y_i))``; policy: (B,) detached policy term.
         metrics: detached scalars.
     """
 
@@ -46,17 +46,17 @@ class Policy(nn.Module):
     uses_step: bool = False
 
     def objective(
-        self, mu: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead], weight: Optional[torch.Tensor], *,
+        self, mu: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead], *,
         anchor_coeff: float, policy_coeff: float, diagnostics: bool, metrics: bool,
     ) -> Objective:
         """The one entry point of a policy family: the anchor and the policy term of one encoder, per
-        sample (a family may fuse the two; :func:`anchored` adds the anchor to a policy term).
+        sample (a family may fuse the two; :func:`anchored` adds the anchor to a policy term). The
+        per-sample factors (sample weight, time weight, ...) are applied by the pipeline, outside.
 
         Args:
             mu: (B, N, C) fp32 projected tokens, with gradient.
             ctx: reward context; ``ctx.targets`` are the unit encoder tokens (B, N, C).
             heads: the token-level reward heads, each with its ``weight``.
-            weight: (B,) per-sample weights w_b (detached), or None for weight one.
             anchor_coeff, policy_coeff: the coefficients of the two terms.
             diagnostics: also compute the signal-fraction diagnostic.
             metrics: compute every metric; False: only :func:`every_step_metrics`' keys.
@@ -68,19 +68,18 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     def term(
-        self, mu: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead], weight: torch.Tensor, *, diagnostics: bool
+        self, mu: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead], *, diagnostics: bool
     ) -> Tuple[torch.Tensor, Metrics]:
         """The policy term alone, per sample, with every metric: :meth:`objective` with ``anchor_coeff=0``."""
-        out = self.objective(mu, ctx, heads, weight, anchor_coeff=0.0, policy_coeff=1.0, diagnostics=diagnostics, metrics=True)
+        out = self.objective(mu, ctx, heads, anchor_coeff=0.0, policy_coeff=1.0, diagnostics=diagnostics, metrics=True)
         return out.loss, out.metrics
 
 
-def anchored(pg: torch.Tensor, m: Metrics, mu: torch.Tensor, targets: torch.Tensor, weight: Optional[torch.Tensor], *,
+def anchored(pg: torch.Tensor, m: Metrics, mu: torch.Tensor, targets: torch.Tensor, *,
              anchor_coeff: float, policy_coeff: float, metrics: bool) -> Objective:
-    """A policy term ``pg`` (B,) with REPA's anchor ``mean_n (1 - cos(mu, y))`` added, weighted per sample."""
-    w = torch.ones(mu.shape[0], device=mu.device, dtype=mu.dtype) if weight is None else weight
+    """A policy term ``pg`` (B,) with REPA's anchor ``mean_n (1 - cos(mu, y))`` added."""
     anchor = (1 - token_cosine(mu, targets)).mean(-1)
-    loss = anchor_coeff * w * anchor + policy_coeff * pg
+    loss = anchor_coeff * anchor + policy_coeff * pg
     return Objective(loss, anchor.detach(), pg.detach(), m if metrics else every_step_metrics(m))
 
 

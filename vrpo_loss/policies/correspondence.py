@@ -39,7 +39,7 @@ class CorrespondencePolicy(Policy):
     def from_config(cls, cfg: VRPOConfig) -> "CorrespondencePolicy":
         return cls(config=cfg)
 
-    def objective(self, mu, ctx, heads, weight, *, anchor_coeff, policy_coeff, diagnostics, metrics) -> Objective:
+    def objective(self, mu, ctx, heads, *, anchor_coeff, policy_coeff, diagnostics, metrics) -> Objective:
         """Anchor and policy term with their gradient on ``mu`` in closed form (one fused pass, no autograd graph).
 
         One bmm gives the logits and the anchor's cosines (its diagonal); value and gradient equal the
@@ -57,7 +57,7 @@ class CorrespondencePolicy(Policy):
             mean = (probs * r).sum(-1, keepdim=True)
             adv, zero_std = candidate_advantage(r, probs, scale=cfg.adv_scale, eps=cfg.adv_eps, clip=cfg.adv_clip, mean=mean)
             value, anchor, policy, g_mu, g_pol = correspondence_objective(
-                probs, adv, cos, y, u, norm, clamped, cfg.tau, weight=weight, anchor_coeff=anchor_coeff,
+                probs, adv, cos, y, u, norm, clamped, cfg.tau, anchor_coeff=anchor_coeff,
                 policy_coeff=policy_coeff, gradient=diagnostics or need_grad, split=diagnostics)
             if len(each) == 1 and heads[0].weight == 1:  # E_pi[r] is the head's mean reward
                 m: Metrics = {f"rewards/{heads[0].name}/mean": mean.mean()}

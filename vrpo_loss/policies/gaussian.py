@@ -176,7 +176,7 @@ class GaussianPolicy(Policy):
                                         std=std, batch_std=r.std(unbiased=False))
         return adv, zero_std, std
 
-    def _linear_gradient(self, lin, r, std, zero_std, weight, n, c) -> torch.Tensor:
+    def _linear_gradient(self, lin, r, std, zero_std, n, c) -> torch.Tensor:
         """The linear part's expected score-function gradient on ``m``: ``lin / (C * scale)`` exactly
         (log-probs are channel means); zero for zero-variance groups. Shape: (B, N, C)."""
         cfg = self.config
@@ -187,15 +187,14 @@ class GaussianPolicy(Policy):
             spread = (r.std(unbiased=False) + cfg.adv_eps).expand(b, n)
         else:
             spread = torch.ones_like(r[0])
-        g_lin = (weight.view(b, 1, 1) / n) * lin / (c * spread.unsqueeze(-1))
+        g_lin = lin / (n * c * spread.unsqueeze(-1))
         return g_lin.masked_fill(zero_std.unsqueeze(-1), 0.0)
 
-    def objective(self, mu, ctx, heads, weight, *, anchor_coeff, policy_coeff, diagnostics, metrics) -> Objective:
-        w = torch.ones(mu.shape[0], device=mu.device, dtype=mu.dtype) if weight is None else weight
-        pg, m = self._policy_term(mu, ctx, heads, w, diagnostics=diagnostics)
-        return anchored(pg, m, mu, ctx.targets, w, anchor_coeff=anchor_coeff, policy_coeff=policy_coeff, metrics=metrics)
+    def objective(self, mu, ctx, heads, *, anchor_coeff, policy_coeff, diagnostics, metrics) -> Objective:
+        pg, m = self._policy_term(mu, ctx, heads, diagnostics=diagnostics)
+        return anchored(pg, m, mu, ctx.targets, anchor_coeff=anchor_coeff, policy_coeff=policy_coeff, metrics=metrics)
 
-    def _policy_term(self, mu, ctx, heads, weight, *, diagnostics):
+    def _policy_term(self, mu, ctx, heads, *, diagnostics):
         cfg = self.config
         b, n, c = mu.shape
         heads = list(heads)
@@ -206,13 +205,13 @@ class GaussianPolicy(Policy):
         lin = self._reward_gradient(m0, ctx, heads) if cfg.control_variate else None  # (B, N, C)
         r, res, metrics, kept = self._rewards(m0, s0, ctx, heads, lin)
         adv, zero_std, std = self._advantages(r, res, lin, s0)
-        coef = weight.view(1, b, 1) * adv / (cfg.group_size * n)  # (G, B, N): weight of each action's log-prob
+        coef = adv / (cfg.group_size * n)  # (G, B, N): weight of each action's log-prob
         chunks = [(0, kept)] if kept is not None else self._chunks(ctx, m0.shape, m0.device, m0.dtype)
         S0, S1, S2 = gaussian_statistics(chunks, coef, s0, antithetic=cfg.antithetic)
         pg = gaussian_surrogate(m, s, coef, S0, S1, S2)
         g_lin = None
         if lin is not None:
-            g_lin = self._linear_gradient(lin, r, std, zero_std, weight, n, c)
+            g_lin = self._linear_gradient(lin, r, std, zero_std, n, c)
             pg = pg - (g_lin * (m - m0)).sum(dim=(1, 2))
         metrics.update(self._metrics(mu, ctx.targets, s0, adv, zero_std, S1, g_lin, diagnostics))
         return pg, metrics

@@ -30,10 +30,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .config_checks import ADAPTIVE_CHOICES
-from .distributed import all_reduce_sum
-from .functional import token_cosine
-from .weighting import TimeBinnedNormalizer, accumulation_dtype, bin_sums, bounded_unit_mean, moments
+from ..config_checks import ADAPTIVE_CHOICES
+from ..distributed import all_reduce_sum
+from ..functional import token_cosine
+from ..statistics import TimeBinnedNormalizer, accumulation_dtype, bin_sums, moments
+from .bounded import bounded_unit_mean
 
 __all__ = ["ADAPTIVE_CHOICES", "AdaptiveStrength", "bin_strength", "gradient_agreement"]
 
@@ -106,6 +107,7 @@ class AdaptiveStrength(nn.Module):
             self.register_buffer("best", torch.full((), -math.inf))
         self._pending: Optional[torch.Tensor] = None  # (3, K) rank-local sums; not a buffer: DDP would broadcast it
         self._handles: List = []
+        self._probe: Optional[dict] = None  # what the installed hooks read: the samples' bins, the alignment gradient
 
     @classmethod
     def from_config(cls, cfg) -> Optional["AdaptiveStrength"]:
@@ -122,15 +124,15 @@ class AdaptiveStrength(nn.Module):
         self._pending = state.get("pending")
 
     @torch.compiler.disable
-    def attach(self, features: Sequence[torch.Tensor], t: Optional[torch.Tensor]) -> List[torch.Tensor]:
-        """Check ``t``; for ``"agreement"`` in training, install the probe and return what to project.
+    def attach(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """For ``"agreement"`` in training, install the probe and return what to project.
 
         The probe is an identity view of ``h`` with a hook that receives the alignment part of
         ``dL/dh``, and a hook on ``h`` that receives all of it; the hooks return nothing, so they change
-        no gradient. The last backward through ``h`` before the next call is the one that counts.
+        no gradient. The last backward through ``h`` before the next call is the one that counts; the
+        samples' timestep bins reach the hook from :meth:`forward`, which runs before that backward.
         """
-        if t is None:
-            raise ValueError(f"t: adaptive={self.signal!r} sets one alignment strength per timestep bin and needs t (B,) in [0, 1]")
+        self._probe = None
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -143,17 +145,17 @@ class AdaptiveStrength(nn.Module):
         if not h.requires_grad:
             raise ValueError("features: adaptive='agreement' reads the loss's gradient on the diffusion tokens h, but h does "
                              "not require grad; pass h as it leaves the model (not detached), or use adaptive='achievability'")
-        bins, box = self.stats.bins(t.detach()), {}
+        box = self._probe = {}
         probe = h.view_as(h)
 
         def on_align(grad):
             box["align"] = grad
 
         def on_total(grad):
-            if "align" in box:  # else this backward did not go through the alignment loss
+            if "align" in box and "bins" in box:  # else this backward did not go through the alignment loss
                 with torch.no_grad():
                     cos, valid = gradient_agreement(box.pop("align"), grad)
-                    self._pending = bin_sums(cos, valid, bins, self.stats.time_bins)
+                    self._pending = bin_sums(cos, valid, box["bins"], self.stats.time_bins)
 
         self._handles = [probe.register_hook(on_align), h.register_hook(on_total)]
         return [probe] * len(features)
@@ -170,8 +172,12 @@ class AdaptiveStrength(nn.Module):
         """Per-sample strengths (detached); in training mode the statistics first take in this call's
         semantic reward and the previous backward's agreement (one all-reduce), unless ``commit`` is False.
         """
+        if t is None:
+            raise ValueError(f"t: adaptive={self.signal!r} sets one alignment strength per timestep bin and needs t (B,) in [0, 1]")
         pending = self._take_pending(t.device) if self.training and self.signal == "agreement" else None
         bins = self.stats.bins(t)
+        if self._probe is not None:
+            self._probe["bins"] = bins.detach()
         if self.training:
             with torch.no_grad():
                 cos = torch.stack([token_cosine(m.detach().float(), y).mean(-1) for m, y in zip(mus, ys)]).mean(0)

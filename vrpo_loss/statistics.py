@@ -1,34 +1,26 @@
-"""The sample-level stage: reward -> per-timestep-bin advantage -> bounded per-sample weight.
+"""Running statistics per timestep bin: the normaliser of sample-level rewards and of the adaptive strength.
 
-A sample at t = 0.9 always denoises worse than one at t = 0.1, so a sample-level reward only means
+A sample at t = 0.9 always denoises worse than one at t = 0.1, so a per-sample quantity only means
 something relative to what is usual at its timestep. :class:`TimeBinnedNormalizer` keeps an EMA of
-the mean and variance of each reward head in ``time_bins`` bins of ``t`` (buffers, so they travel
-in ``state_dict``), all-reduced across ranks when ``torch.distributed`` is initialised, and
-normalises each sample's reward against its bin. Everything is vectorised (``index_add`` into the
-bins): no Python loop over bins and no host-device synchronisation. :func:`sample_weight` runs the
-stage: the heads' rewards, their normalised advantages (a weighted mean over heads), and
-:func:`bounded_sample_weight`. At ``sample_weight=0`` (the default) the weights are one and the stage
-feeds only metrics, so :class:`~vrpo_loss.VRPOAlignment` runs it on its metric steps only
-(``metrics_every``): the running statistics then take in one batch in ``metrics_every``, an EMA of
-the same quantities over a sparser sample (unless a sample head was passed in ``heads=``).
-
-Token-level advantages (group-relative, GRPO) are pure functions: see
-:func:`vrpo_loss.functional.group_advantage` and :func:`~vrpo_loss.functional.candidate_advantage`.
+the mean and variance of each of ``heads`` quantities in ``time_bins`` bins of ``t`` (buffers, so
+they travel in ``state_dict``), all-reduced across ranks when ``torch.distributed`` is initialised,
+and normalises each sample's value against its bin. Everything is vectorised (``index_add`` into
+the bins): no Python loop over bins and no host-device synchronisation. Its users are two per-sample
+factors: the sample weight (:mod:`vrpo_loss.factors.sample_weight`) and the adaptive strength
+(:mod:`vrpo_loss.factors.adaptive`).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from .config import VRPOConfig
 from .distributed import all_reduce_sum
-from .rewards import RewardContext, RewardHead
 
-__all__ = ["TimeBinnedNormalizer", "accumulation_dtype", "bin_sums", "bounded_sample_weight", "bounded_unit_mean", "moments", "sample_rewards",
-           "sample_weight"]
+__all__ = ["TimeBinnedNormalizer", "accumulation_dtype", "bin_sums", "moments"]
 
 _D = VRPOConfig.default
 
@@ -174,96 +166,3 @@ class TimeBinnedNormalizer(nn.Module):
         sd = var.gather(1, bins.expand(rewards.shape[0], -1)).sqrt()
         adv = (torch.where(valid, rewards.to(mu.dtype), mu) - mu) / (sd + self.eps)
         return adv.clamp(-self.clip, self.clip).masked_fill(~valid, 0.0).to(out_dtype)
-
-
-def bounded_unit_mean(x: torch.Tensor, *, gain: float, low: float, high: float,
-                      weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``clamp(1 + gain * x, low, high)`` divided by its mean, clamped again: bounded factors with mean
-    about one (exactly one unless the bounds bite). ``weights`` (counts, >= 0) make the mean a weighted
-    one; where they sum to zero the plain mean is used. The one rule of the sample weight
-    (:func:`bounded_sample_weight`) and of the adaptive strength's per-bin factors.
-
-    Shape:
-        x: (K,); weights: (K,) or None. Output: (K,).
-    """
-    s = (1.0 + gain * x).clamp(low, high)
-    mean = s.mean()
-    if weights is not None:
-        total = weights.sum()
-        mean = torch.where(total > 0, (weights * s).sum() / total.clamp_min(1e-30), mean)
-    return (s / mean.clamp_min(1e-12)).clamp(low, high)
-
-
-def bounded_sample_weight(advantage: torch.Tensor, *, strength: float, w_min: float, w_max: float) -> torch.Tensor:
-    """Per-sample weight from a normalised advantage, with batch mean one (:func:`bounded_unit_mean`).
-
-    ``w = clamp(1 + strength * a, w_min, w_max)``, divided by its batch mean, clamped again. The
-    division matters: while the model improves, its rewards run ahead of the running statistics, so
-    nearly every advantage is positive and undivided weights would average well above one, a hidden
-    increase of the alignment coefficient. ``strength > 0`` aligns more strongly the samples that
-    earn more reward than is usual at their timestep; ``strength < 0`` the ones that earn less;
-    ``strength = 0`` gives weight one.
-
-    Shape:
-        advantage: (B,). Output: (B,).
-    """
-    return bounded_unit_mean(advantage, gain=strength, low=w_min, high=w_max)
-
-
-def sample_rewards(heads: Sequence[RewardHead], ctx: RewardContext, batch: int, device,
-                   metrics: Optional[Dict[str, torch.Tensor]]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """Each head's detached reward and mask (zeros and all-False when it has nothing to say); reports the means
-    (unless ``metrics`` is None).
-
-    Shape:
-        Output: two lists, one (B,) tensor per head.
-    """
-    rewards, masks = [], []
-    for head in heads:
-        got = head.sample_reward(ctx)
-        if got is None:
-            rewards.append(torch.zeros(batch, device=device))
-            masks.append(torch.zeros(batch, dtype=torch.bool, device=device))
-            continue
-        r, m = got
-        r = r.detach().float().reshape(batch)
-        masked = m is not None
-        m = m.reshape(batch) if masked else torch.ones(batch, dtype=torch.bool, device=device)
-        if metrics is not None:
-            metrics[f"rewards/{head.name}/mean"] = (r * m).sum() / m.sum().clamp_min(1) if masked else r.mean()
-        rewards.append(r)
-        masks.append(m)
-    return rewards, masks
-
-
-def sample_weight(
-    heads: Sequence[RewardHead], normalizer: TimeBinnedNormalizer, ctx: RewardContext, *, batch: int, device,
-    strength: float, w_min: float, w_max: float, commit: Optional[torch.Tensor], metrics: Optional[Dict[str, torch.Tensor]],
-) -> torch.Tensor:
-    """The per-sample weights ``w_b`` (detached); in training mode the running statistics take the batch in.
-
-    Args:
-        heads: the sample-level heads; normalizer: their running statistics.
-        strength, w_min, w_max: as :func:`bounded_sample_weight` (strength 0: weight one).
-        commit: 0-dim bool on the device (the value check's verdict), or None; see
-            :meth:`TimeBinnedNormalizer.forward`.
-        metrics: where the stage's metrics are written (None: none are computed).
-
-    Shape:
-        ctx.t: (B,) or None. Output: (B,).
-    """
-    if not heads:
-        return torch.ones(batch, device=device)
-    rewards, masks = sample_rewards(heads, ctx, batch, device, metrics)
-    r, m = torch.stack(rewards), torch.stack(masks)
-    adv = normalizer(r, m, ctx.t, commit=commit)  # (H, B)
-    hw = torch.stack([h.weight * mk.float() for h, mk in zip(heads, m)])
-    a = (hw * adv).sum(0) / hw.sum(0).clamp_min(1e-12)
-    if metrics is not None:
-        metrics["adv/sample_std"] = a.std() if batch > 1 else torch.zeros((), device=device)
-    if strength == 0 or batch == 0:  # batch 0: the statistics' all-reduce was entered above, no weights to bound
-        return torch.ones(batch, device=device)
-    w = bounded_sample_weight(a, strength=strength, w_min=w_min, w_max=w_max)
-    if metrics is not None:
-        metrics["weight/min"], metrics["weight/max"] = w.min(), w.max()
-    return w.detach()
