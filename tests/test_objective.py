@@ -3,9 +3,9 @@ option group, float64 references for the peer stages, and the one rule of the pe
 
 import pytest
 import torch
+from test_peers import repa_ref, sigmoid_ref, structure_ref, zscore_ref
 
 import vrpo_loss.alignment as alignment_module
-from test_peers import repa_ref, sigmoid_ref, structure_ref, zscore_ref
 from vrpo_loss import VRPOAlignment, alignment_loss
 
 B, N, C = 4, 9, 6  # a 3x3 token grid
