@@ -1,8 +1,9 @@
+"""Running per-timestep-bin statistics (``vrpo_loss.statistics``), against loops."""
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vrpo_loss.factors.sample_weight import bounded_sample_weight
 from vrpo_loss.statistics import TimeBinnedNormalizer
 
 
@@ -95,19 +96,7 @@ def test_always_finite_and_bounded(b, scale, bins):
     assert torch.isfinite(norm.mean).all() and torch.isfinite(norm.var).all()
 
 
-def test_bounded_sample_weight():
-    a = torch.tensor([-10.0, -0.5, 0.0, 0.5, 10.0])
-    w = bounded_sample_weight(a, strength=0.5, w_min=0.5, w_max=2.0)
-    raw = [0.5, 0.75, 1.0, 1.25, 2.0]  # clamp(1 + 0.5 a) by hand
-    mean = sum(raw) / 5
-    torch.testing.assert_close(w, torch.tensor([min(max(r / mean, 0.5), 2.0) for r in raw]))
-    # advantages biased upwards (rewards running ahead of their statistics): the mean weight stays one
-    biased = bounded_sample_weight(torch.tensor([0.2, 0.5, 0.9, 1.0]), strength=0.5, w_min=0.5, w_max=2.0)
-    assert abs(biased.mean().item() - 1) < 1e-6 and biased[0] < biased[3]
-    assert torch.all(bounded_sample_weight(a, strength=0.0, w_min=0.5, w_max=2.0) == 1)
 
-
-# ----- a large, finite reward must not poison the running statistics ------------------------------
 def _align_inputs(b=4, n=9, c=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(b, n, c, generator=g, requires_grad=True), torch.randn(b, n, c, generator=g),
@@ -177,24 +166,6 @@ def test_update_refuses_statistics_that_overflow_the_buffers():
     exact(torch.tensor([[1e4 + 1.0, 1e4 - 1.0, 1e4 + 1.0, 1e4 - 1.0]]), t=torch.zeros(4))
     torch.testing.assert_close(exact.var, torch.ones(1, 1))
 
-
-def test_bounded_unit_mean_weighted_and_plain():
-    """The one rule of the sample weight and the adaptive strength, against a float64 loop."""
-    from vrpo_loss.factors.bounded import bounded_unit_mean
-
-    x = torch.tensor([-2.0, 0.1, 0.5, 3.0])
-    counts = torch.tensor([1.0, 0.0, 5.0, 2.0])
-
-    def ref(w):
-        s = [min(max(1 + 0.4 * float(v), 0.3), 1.8) for v in x]
-        m = sum(wi * si for wi, si in zip(w, s)) / sum(w)
-        return torch.tensor([min(max(si / m, 0.3), 1.8) for si in s], dtype=torch.float64)
-
-    got = bounded_unit_mean(x, gain=0.4, low=0.3, high=1.8, weights=counts)
-    torch.testing.assert_close(got.double(), ref(counts.tolist()))
-    torch.testing.assert_close(bounded_unit_mean(x, gain=0.4, low=0.3, high=1.8).double(), ref([1.0] * 4))
-    # no weight anywhere: the plain mean
-    torch.testing.assert_close(bounded_unit_mean(x, gain=0.4, low=0.3, high=1.8, weights=torch.zeros(4)).double(), ref([1.0] * 4))
 
 
 def test_bin_sums_against_a_loop():
