@@ -12,6 +12,12 @@ from vrpo_loss.rewards import DecodabilityReward, RewardContext, SemanticReward
 import reference as ref
 
 
+def _term(pol, mu, ctx, heads, *, diagnostics):
+    """The policy term alone, per sample, with every metric: the policy's objective without the anchor."""
+    out = pol.objective(mu, ctx, heads, anchor_coeff=0.0, policy_coeff=1.0, diagnostics=diagnostics, metrics=True)
+    return out.loss, out.metrics
+
+
 def _weighted(term, w):
     """A policy term times per-sample weights: the pipeline applies its per-sample factor outside the
     policy (``vrpo_loss.factors``), as the references in ``reference.py`` apply ``w`` inside."""
@@ -45,7 +51,7 @@ def test_gaussian_term_equals_naive_surrogate(space, antithetic, budget):
     mu = torch.randn(b, n, c, requires_grad=True)
     y = torch.randn(b, n, c)
     w = torch.rand(b) + 0.5
-    pg, metrics = _weighted(pol.term(mu, _ctx(y, step=4), [SemanticReward()], diagnostics=True), w)
+    pg, metrics = _weighted(_term(pol, mu, _ctx(y, step=4), [SemanticReward()], diagnostics=True), w)
     want, mean_reward = ref.naive_gaussian(pol, mu, F.normalize(y, dim=-1), w, pol.call_seed(4, 0))
     torch.testing.assert_close(pg, want, atol=1e-6, rtol=1e-5)
     (g,) = torch.autograd.grad(pg.sum(), mu)
@@ -81,8 +87,8 @@ def test_chunked_group_metrics_equal_unchunked(semantic):
     full = ref.all_draws(many.noise, many.call_seed(0, 0), (b, n, c), "cpu")
     halves = torch.cat([full[g : g + 1] for g in range(0, G, 2)])  # ... of each chunk's pairs
     one.noise = Same(halves)
-    _, m_many = many.term(mu, _ctx(y), [semantic()], diagnostics=True)
-    _, m_one = one.term(mu, _ctx(y), [semantic()], diagnostics=True)
+    _, m_many = _term(many, mu, _ctx(y), [semantic()], diagnostics=True)
+    _, m_one = _term(one, mu, _ctx(y), [semantic()], diagnostics=True)
     assert set(m_one) == set(m_many)
     for k in m_one:  # the actions are the same up to their order within the group
         torch.testing.assert_close(m_many[k], m_one[k], atol=1e-6, rtol=1e-5, msg=k)
@@ -94,7 +100,7 @@ def test_gaussian_learned_sigma_gradient_matches_naive():
     mu = torch.randn(b, n, c)
     y = torch.randn(b, n, c)
     w = torch.ones(b)
-    pg, _ = _weighted(pol.term(mu, _ctx(y, step=7), [SemanticReward()], diagnostics=False), w)
+    pg, _ = _weighted(_term(pol, mu, _ctx(y, step=7), [SemanticReward()], diagnostics=False), w)
     (g,) = torch.autograd.grad(pg.sum(), pol.log_sigma[0])
     ls = pol.log_sigma[0].detach().clone().requires_grad_(True)
     want, _ = ref.naive_gaussian(pol, mu, F.normalize(y, dim=-1), w, pol.call_seed(7, 0), log_sigma=ls)
@@ -110,13 +116,13 @@ def test_gaussian_policy_gradient_points_along_repa(space):
     pol = _gauss(target_dims=(c,), group_size=4096, sigma=0.02, space=space, adv_scale="none", adv_clip=1e9)
     mu = torch.randn(b, n, c, requires_grad=True)
     y = torch.randn(b, n, c)
-    pg, metrics = pol.term(mu, _ctx(y), [SemanticReward()], diagnostics=True)
+    pg, metrics = _term(pol, mu, _ctx(y), [SemanticReward()], diagnostics=True)
     (g,) = torch.autograd.grad(pg.sum(), mu)
     repa = _repa_grad(mu, y)
     assert _cos(g, repa) > 0.95
     # with few actions the same estimator is mostly noise (cosine about sqrt(G / C))
     few = _gauss(target_dims=(c,), group_size=2, sigma=0.02, space=space, adv_scale="none", adv_clip=1e9)
-    pg2, _ = few.term(mu, _ctx(y), [SemanticReward()], diagnostics=False)
+    pg2, _ = _term(few, mu, _ctx(y), [SemanticReward()], diagnostics=False)
     (g2,) = torch.autograd.grad(pg2.sum(), mu)
     assert _cos(g2, repa) < _cos(g, repa) - 0.2
 
@@ -150,7 +156,7 @@ def test_correspondence_exact_expectation_equals_monte_carlo():
     y = F.normalize(torch.randn(b, n, c, dtype=torch.float64), dim=-1)
     ctx = RewardContext(targets=y)
     w = torch.ones(b, dtype=torch.float64)
-    pg, metrics = _weighted(pol.term(mu, ctx, [SemanticReward()], diagnostics=True), w)
+    pg, metrics = _weighted(_term(pol, mu, ctx, [SemanticReward()], diagnostics=True), w)
     (g_exact,) = torch.autograd.grad(pg.sum(), mu)
 
     # Monte Carlo: sample candidates j ~ pi(. | i), the score-function estimator with the same advantages
@@ -173,7 +179,7 @@ def test_correspondence_gradient_routing_and_zero_weight():
     pol = _corr(tau=0.1)
     mu = torch.randn(b, n, c, requires_grad=True)
     y = F.normalize(torch.randn(b, n, c), dim=-1).requires_grad_(True)
-    pg, _ = _weighted(pol.term(mu, RewardContext(targets=y), [SemanticReward()], diagnostics=False), torch.tensor([1.0, 0.0]))
+    pg, _ = _weighted(_term(pol, mu, RewardContext(targets=y), [SemanticReward()], diagnostics=False), torch.tensor([1.0, 0.0]))
     g_mu, g_y = torch.autograd.grad(pg.sum(), [mu, y], allow_unused=True)
     assert g_y is None or g_y.abs().sum() == 0  # targets are data
     assert g_mu[0].abs().sum() > 0 and g_mu[1].abs().sum() == 0  # weight zero: no push on sample 1
@@ -189,7 +195,7 @@ def test_control_variate_is_unbiased_and_reduces_variance(space, scale):
 
     def grad(G, cv, step):
         pol = _gauss(target_dims=(c,), group_size=G, sigma=0.05, space=space, adv_scale=scale, adv_clip=1e9, control_variate=cv)
-        pg, metrics = _weighted(pol.term(mu, _ctx(y, step), [SemanticReward()], diagnostics=True), w)
+        pg, metrics = _weighted(_term(pol, mu, _ctx(y, step), [SemanticReward()], diagnostics=True), w)
         (g,) = torch.autograd.grad(pg.sum(), mu)
         return g, metrics
 
@@ -210,7 +216,7 @@ def test_control_variate_needs_differentiable_heads():
 
     pol = _gauss(target_dims=(4,), group_size=2, control_variate=True)
     with pytest.raises(ValueError, match="control_variate"):
-        pol.term(torch.randn(1, 3, 4), _ctx(torch.randn(1, 3, 4)), [Step()], diagnostics=False)
+        _term(pol, torch.randn(1, 3, 4), _ctx(torch.randn(1, 3, 4)), [Step()], diagnostics=False)
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
@@ -231,7 +237,7 @@ def test_correspondence_closed_form_gradient_equals_autograd_surrogate(scale, cl
         heads.append(DecodabilityReward(target_dims=(c,), patch_dim=4, patch=1, weight=0.5))
         ctx = RewardContext(targets=y, x0=torch.randn(b, 4, 4, 4))
     w = torch.rand(b, dtype=dtype) + 0.5
-    pg, m = _weighted(pol.term(mu, ctx, heads, diagnostics=True), w)
+    pg, m = _weighted(_term(pol, mu, ctx, heads, diagnostics=True), w)
     want, m_ref = ref.correspondence_autograd(0.2, scale, 1e-4, clip, mu, y, heads, ctx, w)
     torch.testing.assert_close(pg, want, **tol)
     scale_b = torch.arange(1.0, b + 1, dtype=dtype)  # a different upstream gradient per sample
@@ -262,8 +268,8 @@ def test_gaussian_semantic_fast_path_equals_materialised_actions(space, antithet
     mu = torch.randn(b, n, c, requires_grad=True)
     y = torch.randn(b, n, c)
     w = torch.rand(b) + 0.5
-    pg, m = _weighted(pol.term(mu, _ctx(y, 3), [SemanticReward(weight=0.7)], diagnostics=True), w)
-    want, m_ref = _weighted(pol.term(mu, _ctx(y, 3), [_SemanticCopy(weight=0.7)], diagnostics=True), w)
+    pg, m = _weighted(_term(pol, mu, _ctx(y, 3), [SemanticReward(weight=0.7)], diagnostics=True), w)
+    want, m_ref = _weighted(_term(pol, mu, _ctx(y, 3), [_SemanticCopy(weight=0.7)], diagnostics=True), w)
     torch.testing.assert_close(pg, want, atol=1e-6, rtol=1e-5)
     (g,) = torch.autograd.grad(pg.sum(), mu)
     (g_ref,) = torch.autograd.grad(want.sum(), mu)
@@ -287,10 +293,10 @@ def test_correspondence_without_gradient_gives_the_same_value_and_metrics():
     mu = torch.randn(b, n, c, requires_grad=True)
     y = F.normalize(torch.randn(b, n, c), dim=-1)
     w = torch.rand(b) + 0.5
-    pg, m = _weighted(pol.term(mu, RewardContext(targets=y), [SemanticReward()], diagnostics=True), w)
+    pg, m = _weighted(_term(pol, mu, RewardContext(targets=y), [SemanticReward()], diagnostics=True), w)
     with torch.no_grad():
-        pg0, m0 = _weighted(pol.term(mu, RewardContext(targets=y), [SemanticReward()], diagnostics=True), w)
-        pg1, m1 = _weighted(pol.term(mu, RewardContext(targets=y), [SemanticReward()], diagnostics=False), w)
+        pg0, m0 = _weighted(_term(pol, mu, RewardContext(targets=y), [SemanticReward()], diagnostics=True), w)
+        pg1, m1 = _weighted(_term(pol, mu, RewardContext(targets=y), [SemanticReward()], diagnostics=False), w)
     assert pg0.grad_fn is None
     torch.testing.assert_close(pg0, pg.detach())
     torch.testing.assert_close(pg1, pg.detach())

@@ -42,7 +42,7 @@ class Policy(nn.Module):
     arguments (the step, when it needs one, from ``ctx.step``).
     """
 
-    #: whether :meth:`term` reads ``ctx.step`` (the owner then passes it; see ``RewardHead.uses_step``)
+    #: whether :meth:`objective` reads ``ctx.step`` (the owner then passes it; see ``RewardHead.uses_step``)
     uses_step: bool = False
 
     def objective(
@@ -67,12 +67,6 @@ class Policy(nn.Module):
         """
         raise NotImplementedError
 
-    def term(
-        self, mu: torch.Tensor, ctx: RewardContext, heads: Sequence[RewardHead], *, diagnostics: bool
-    ) -> Tuple[torch.Tensor, Metrics]:
-        """The policy term alone, per sample, with every metric: :meth:`objective` with ``anchor_coeff=0``."""
-        out = self.objective(mu, ctx, heads, anchor_coeff=0.0, policy_coeff=1.0, diagnostics=diagnostics, metrics=True)
-        return out.loss, out.metrics
 
 
 def anchored(pg: torch.Tensor, m: Metrics, mu: torch.Tensor, targets: torch.Tensor, *,
