@@ -1,20 +1,24 @@
 """The functional objective (``vrpo_loss.alignment_loss``): the module's loss and gradient for every
 option group, float64 references for the peer stages, and the one rule of the per-sample factors."""
 
+import dataclasses
+
 import pytest
 import torch
 from test_peers import repa_ref, sigmoid_ref, structure_ref, zscore_ref
 
 import vrpo_loss.alignment as alignment_module
-from vrpo_loss import VRPOAlignment, alignment_loss
+from vrpo_loss import VRPOAlignment, VRPOConfig, alignment_loss
+from vrpo_loss.config import GROUPS as OPTION_GROUPS
 
 B, N, C = 4, 9, 6  # a 3x3 token grid
 
-# one configuration per option group (the options table's sections), each away from the defaults
+# one configuration per option group (the options table's sections, VRPOConfig's GROUPS), away from the defaults
 GROUPS = {
     "repa": dict(mode="repa"),
     "correspondence policy": dict(tau=0.3),
     "gaussian policy": dict(policy="gaussian", group_size=4, sigma=0.2),
+    "advantage": dict(adv_scale="batch", adv_clip=1.5, adv_eps=1e-3),
     "objective": dict(anchor_coeff=0.5, policy_coeff=2.0),
     "anchor only": dict(policy_coeff=0.0),
     "sample-level weighting": dict(sample_weight=0.8, w_min=0.3, w_max=3.0),
@@ -23,7 +27,8 @@ GROUPS = {
     "peers, repa": dict(mode="repa", target_norm="zscore", zscore_alpha=0.5, structure_coeff=0.3, time_weight="sigmoid",
                         time_weight_center=0.5),
     "projector": dict(hidden_dim=5, projector_dim=16),
-    "adaptive": dict(adaptive="achievability", adaptive_gain=2.0),
+    "adaptive strength": dict(adaptive="achievability", adaptive_gain=2.0, adaptive_terminate=True),
+    "input handling, metrics and the step": dict(metrics_every=2, diagnostics_every=1, accumulation_steps=2),
 }
 
 
@@ -31,6 +36,12 @@ def _inputs(seed, d=C):
     g = torch.Generator().manual_seed(seed)
     return dict(h=torch.randn(B, N, d, generator=g, requires_grad=True), y=torch.randn(B, N, C, generator=g) + 0.3,
                 t=torch.rand(B, generator=g), denoise_loss=torch.rand(B, generator=g), x0=torch.randn(B, 4, 6, 6, generator=g))
+
+
+def test_every_option_group_has_a_case():
+    groups = {f.name: f.metadata["group"] for f in dataclasses.fields(VRPOConfig)}
+    covered = {groups[k] for kw in GROUPS.values() for k in kw}
+    assert covered == set(OPTION_GROUPS), set(OPTION_GROUPS) - covered
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
@@ -52,18 +63,19 @@ def test_functional_equals_the_module_loss_and_gradient(group, monkeypatch):
     monkeypatch.setattr(alignment_module, "objective", spy)
     for call in range(3):
         x = _inputs(call, d)
-        step = align.step
+        step, before = align.step, (align.clock.step, align.clock.micro)
         out = align(x["h"], x["y"], t=x["t"], denoise_loss=x["denoise_loss"], x0=x["x0"])
         params = [p for p in align.parameters() if p.requires_grad]
         g_mod = torch.autograd.grad(out.loss, [x["h"], *params], allow_unused=True)
         h2 = x["h"].detach().clone().requires_grad_(True)
         mu = align.project([h2])[0] if align.projectors is not None else h2
-        align.step = step  # the module's Gaussian policy reads the module's clock, which the call advanced
+        after = (align.clock.step, align.clock.micro)
+        align.clock.step, align.clock.micro = before  # the module's Gaussian policy reads the clock the call advanced
         fn = alignment_loss(mu, x["y"], t=x["t"], config=align.config, policy=align.policy, heads=align.token_heads,
                             weight=seen["weight"], strength=seen["strength"], step=step, denoise_loss=x["denoise_loss"],
                             x0=x["x0"], metrics=seen["metrics"], diagnostics=seen["diagnostics"])
         g_fn = torch.autograd.grad(fn.loss, [h2, *params], allow_unused=True)
-        align.step = step + 1
+        align.clock.step, align.clock.micro = after
         torch.testing.assert_close(fn.loss, out.loss, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(fn.per_sample, out.per_sample, rtol=1e-6, atol=1e-7)
         for a, b in zip(g_fn, g_mod):
