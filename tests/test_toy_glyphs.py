@@ -138,3 +138,25 @@ def test_time_budget_stops_new_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "train_run", lambda *x, **k: started.append(x) or {})
     records, n_new = run.execute(a, run.parse_arms(a), None, None, None)
     assert started == [] and records == []
+
+
+def test_a_decodability_arm_gets_the_clean_latents():
+    """The decodability head reads x0 (the latents): the trainer passes it, and x_t - t v as x0_pred,
+    only to arms whose heads read them."""
+    from train import clean_inputs
+
+    from vrpo_loss import VRPOAlignment
+
+    x0, pred = torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4, 4, requires_grad=True)
+    assert clean_inputs(VRPOAlignment(hidden_dim=8, target_dims=(8,)), x0, pred) == {}
+    got = clean_inputs(VRPOAlignment(hidden_dim=8, target_dims=(8,), decodability_weight=0.5), x0, pred)
+    assert got["x0"] is x0 and not got["x0_pred"].requires_grad
+    torch.manual_seed(0)
+    data = SimpleNamespace(x_train=torch.randn(40, 4, 4, 4), y_train=torch.randint(0, 26, (40,)), num_classes=26,
+                           decode=lambda z: torch.nn.functional.interpolate(z.mean(1, keepdim=True), scale_factor=2))
+    cfg = SimpleNamespace(dim=16, depth=2, heads=2, align_depth=1, projector_dim=16, lr=1e-3, batch=8, steps=2, patch=1,
+                          eval_at=(2,), eval_samples=26, sample_steps=2, sampler="euler", log_every=1, diag_every=0,
+                          ema=0.0)
+    arm = Arm.parse("vrpo@1:decodability_weight=0.5,decodability_patch=1,decodability_channels=4,decodability_hidden=8")
+    rec = train_run(arm, 0, data, torch.randn(40, 16, 8).half(), lambda x, y: {"fd": 1.0, "acc": 0.5}, cfg)
+    assert rec["evals"][-1]["fd"] == 1.0

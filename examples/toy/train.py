@@ -121,6 +121,15 @@ def build_alignment(arm: Arm, hidden_dim: int, target_dim: int, projector_dim: i
     return VRPOAlignment(hidden_dim=hidden_dim, target_dims=(target_dim,), mode=arm.mode, **kw)
 
 
+def clean_inputs(align, x0: torch.Tensor, x0_pred: torch.Tensor) -> dict:
+    """The clean input and the model's prediction of it (``x_t - t v``, detached), for an arm whose reward
+    heads read them (the decodability head: ``x0``; the perceptual reward: both); else nothing."""
+    c = align.config
+    if c.decodability_weight > 0 or c.perceptual_weight > 0:
+        return dict(x0=x0, x0_pred=x0_pred.detach())
+    return {}
+
+
 def push_diagnostic(align, h: torch.Tensor, y: torch.Tensor, vrpo_loss: torch.Tensor) -> dict:
     """How the policy term pushes the diffusion tokens ``h``, relative to REPA's loss on the same tokens.
 
@@ -206,12 +215,13 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         tic = time.perf_counter()
         x0, yc = x_all[idx], y_all[idx]
         tb = t.view(-1, 1, 1, 1)
-        v, h = model((1 - tb) * x0 + tb * eps, t, yc)
+        xt = (1 - tb) * x0 + tb * eps
+        v, h = model(xt, t, yc)
         denoise = ((v - (eps - x0)) ** 2).flatten(1).mean(1)  # (B,)
         loss = denoise.mean()
         if align is not None:
             yf = feats[idx].float()  # cached in half precision
-            out = align(h, yf, t=t, denoise_loss=denoise.detach())
+            out = align(h, yf, t=t, denoise_loss=denoise.detach(), **clean_inputs(align, x0, xt - tb * v))
             loss = loss + arm.coeff * out.loss
             if arm.mode == "vrpo" and getattr(cfg, "diag_every", 0) and step % cfg.diag_every == 0:
                 tic_d = time.perf_counter()
