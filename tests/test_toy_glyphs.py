@@ -143,9 +143,9 @@ def test_time_budget_stops_new_runs(tmp_path, monkeypatch):
 def test_a_decodability_arm_gets_the_clean_latents():
     """The decodability head reads x0 (the latents): the trainer passes it, and x_t - t v as x0_pred,
     only to arms whose heads read them."""
-    from train import clean_inputs
-
     from vrpo_loss import VRPOAlignment
+
+    from train import clean_inputs
 
     x0, pred = torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4, 4, requires_grad=True)
     assert clean_inputs(VRPOAlignment(hidden_dim=8, target_dims=(8,)), x0, pred) == {}
