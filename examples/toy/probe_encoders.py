@@ -26,8 +26,9 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from data import ENCODERS, encoder_features  # noqa: E402
 from glyphs import load_glyphs  # noqa: E402
+
+from data import ENCODERS, encoder_features  # noqa: E402
 
 
 def grid_distance(side: int = 8) -> torch.Tensor:
