@@ -160,3 +160,61 @@ def test_a_decodability_arm_gets_the_clean_latents():
     arm = Arm.parse("vrpo@1:decodability_weight=0.5,decodability_patch=1,decodability_channels=4,decodability_hidden=8")
     rec = train_run(arm, 0, data, torch.randn(40, 16, 8).half(), lambda x, y: {"fd": 1.0, "acc": 0.5}, cfg)
     assert rec["evals"][-1]["fd"] == 1.0
+
+
+def test_group_weight_against_a_float64_loop():
+    """R4's weight: per-bin normalised semantic and fidelity rewards (a first batch: the batch's own bin
+    moments), averaged, centred over each image's draws, bounded with mean one."""
+    from train import GroupWeight
+
+    g = torch.Generator().manual_seed(0)
+    b, groups, kappa = 12, 3, 0.8
+    t = torch.tensor([0.05, 0.15, 0.12, 0.55, 0.51, 0.58, 0.91, 0.95, 0.99, 0.14, 0.53, 0.92])
+    anchor, denoise = torch.rand(b, generator=g), torch.rand(b, generator=g)
+    out = SimpleNamespace(terms={"anchor": anchor}, metrics={})
+    got = GroupWeight(kappa, groups)(out, t, denoise)
+    rewards = [[1 - float(a) for a in anchor], [-float(d) for d in denoise]]
+    bins = [min(int(float(x) * 10), 9) for x in t]
+    adv = []
+    for i in range(b):
+        per_head = []
+        for r in rewards:
+            same = [r[j] for j in range(b) if bins[j] == bins[i]]
+            m = sum(same) / len(same)
+            sd = (sum((v - m) ** 2 for v in same) / len(same)) ** 0.5
+            per_head.append(max(-5.0, min(5.0, (r[i] - m) / (sd + 1e-4))))
+        adv.append(sum(per_head) / 2)
+    rel = [adv[i] - sum(adv[(i // groups) * groups:(i // groups + 1) * groups]) / groups for i in range(b)]
+    s = [min(max(1 + kappa * x, 0.5), 2.0) for x in rel]
+    want = torch.tensor([min(max(x / (sum(s) / b), 0.5), 2.0) for x in s], dtype=torch.float64)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_batches_draw_each_image_g_times():
+    """groups=G: every arm's batch is B/G images, each G times with its own (t, noise)."""
+    import train
+
+    seen = []
+    real = train.ToySiT.forward
+
+    def spy(self, x, t, y):
+        seen.append(y.clone())
+        return real(self, x, t, y)
+
+    data = SimpleNamespace(x_train=torch.rand(24, 1, 8, 8) * 2 - 1, y_train=torch.arange(24), num_classes=24)
+    cfg = SimpleNamespace(dim=16, depth=2, heads=2, align_depth=1, projector_dim=16, lr=1e-2, batch=8, steps=2,
+                          eval_at=(2,), eval_samples=24, sample_steps=2, sampler="euler", log_every=1, diag_every=0,
+                          ema=0.0)
+    train.ToySiT.forward = spy
+    try:
+        train.train_run(Arm.parse("none:groups=4"), 0, data, torch.randn(24, 16, 8), lambda x, y: {"fd": 1.0}, cfg)
+        first = seen[0]
+        seen.clear()
+        train.train_run(Arm.parse("vrpo@1:groups=4,group_weight=1"), 0, data, torch.randn(24, 16, 8),
+                        lambda x, y: {"fd": 1.0}, cfg)
+    finally:
+        train.ToySiT.forward = real
+    assert first.shape == (8,) and torch.equal(first.view(2, 4), first.view(2, 4)[:, :1].expand(2, 4))
+    assert torch.equal(seen[0], first)  # the same batches for every arm
+    with pytest.raises(ValueError, match="groups=3 must divide"):
+        train.train_run(Arm.parse("none:groups=3"), 0, data, torch.randn(24, 16, 8), lambda x, y: {"fd": 1.0}, cfg)

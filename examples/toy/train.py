@@ -24,8 +24,11 @@ from model import ToySiT, sample
 # string-valued options of the peer methods (parsed as strings even before VRPOConfig declares them)
 PEER_STR_OPTIONS = ("target_norm", "projector", "time_weight", "target_stats")
 # the benchmark's own arm options (not VRPOConfig's): target_stats=global standardises each encoder channel
-# over the whole training set before the arm sees the targets (none: the raw tokens)
-BENCH_OPTIONS = ("target_stats",)
+# over the whole training set before the arm sees the targets (none: the raw tokens); groups=G draws each
+# batch as B/G images times G (t, noise) draws of each, for every arm alike (none:groups=G too);
+# group_weight=kappa weights each draw's alignment loss by its group-relative advantage (issue 21, R4: see
+# GroupWeight)
+BENCH_OPTIONS = ("target_stats", "groups", "group_weight")
 
 
 @dataclass
@@ -48,10 +51,10 @@ class Arm:
         mode, _, coeff = head.partition("@")
         if mode not in ("none", "repa", "vrpo"):
             raise ValueError(f"arm {spec!r}: mode must be none, repa or vrpo (e.g. 'repa@4:time_weight=sigmoid')")
-        if mode == "none" and (coeff or kw):
-            raise ValueError(f"arm {spec!r}: 'none' takes no coefficient and no options")
         kwargs = dict(default_kwargs or {}) if mode == "vrpo" and not kw else {}
         kwargs.update(parse_kv(kw))
+        if mode == "none" and (coeff or set(kwargs) - {"groups"}):
+            raise ValueError(f"arm {spec!r}: 'none' takes no coefficient and no options but groups=G")
         c = float(coeff) if coeff else (default_coeff or {}).get(mode, 0.0)
         label = "none" if mode == "none" else f"{mode}@{c:g}" + (
             ":" + ",".join(f"{k}={_fmt(v)}" for k, v in kwargs.items()) if kwargs else "")
@@ -119,6 +122,36 @@ def build_alignment(arm: Arm, hidden_dim: int, target_dim: int, projector_dim: i
     if kw.get("projector", "mlp") == "mlp":  # (iREPA's conv projector has no hidden width)
         kw["projector_dim"] = projector_dim
     return VRPOAlignment(hidden_dim=hidden_dim, target_dims=(target_dim,), mode=arm.mode, **kw)
+
+
+class GroupWeight:
+    """Issue 21, R4: GRPO's group in a diffusion model. Each batch holds G (t, noise) draws of each image;
+    each draw's rewards, the semantic ``cos(mu, y)`` (``1 - out.terms["anchor"]``) and the fidelity
+    ``-denoise_loss``, are normalised against running statistics of their timestep bin
+    (``vrpo_loss.statistics.TimeBinnedNormalizer``), averaged, centred over the draws of the same image
+    (the group-relative advantage), and mapped to a bounded weight with mean one
+    (``vrpo_loss.factors.bounded.bounded_unit_mean``, gain ``kappa``, in [0.5, 2]): an adaptive,
+    per-image version of VA-REPA's timestep gate. The weight multiplies each draw's alignment loss
+    (``out.per_sample``, which is ``factor * alignment`` for arms without reward-head losses).
+    """
+
+    def __init__(self, kappa: float, groups: int, time_bins: int = 10):
+        from vrpo_loss.statistics import TimeBinnedNormalizer
+
+        if groups < 2:
+            raise ValueError(f"group_weight: a group-relative advantage needs groups >= 2 draws of each image, got {groups}")
+        self.kappa, self.groups = kappa, groups
+        self.stats = TimeBinnedNormalizer(heads=2, time_bins=time_bins)
+
+    def __call__(self, out, t: torch.Tensor, denoise: torch.Tensor) -> torch.Tensor:
+        from vrpo_loss.factors.bounded import bounded_unit_mean
+
+        if "loss_heads" in out.metrics:  # a head's loss is not scaled by the pipeline's factor
+            raise ValueError("group_weight: arms with reward-head losses are not supported")
+        rewards = torch.stack([1 - out.terms["anchor"], -denoise.detach().float()])  # (2, B)
+        adv = self.stats.to(t.device)(rewards, t=t).mean(0)  # (B,) per-bin advantages, their mean
+        rel = (adv.view(-1, self.groups) - adv.view(-1, self.groups).mean(1, keepdim=True)).flatten()
+        return bounded_unit_mean(rel, gain=self.kappa, low=0.5, high=2.0).detach()
 
 
 def clean_inputs(align, x0: torch.Tensor, x0_pred: torch.Tensor) -> dict:
@@ -202,11 +235,16 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
               "evals": [], "metrics": {}}
     sums, counts, train_time, diag, diag_n = {}, {}, 0.0, {}, 0
     perm, pos = torch.randperm(len(x_all), generator=g), 0
+    groups = int(arm.kwargs.get("groups", 1))
+    if cfg.batch % groups:
+        raise ValueError(f"arm {arm.label!r}: groups={groups} must divide the batch {cfg.batch}")
+    images = cfg.batch // groups  # groups=G: B/G images, G (t, noise) draws of each
+    group_weight = GroupWeight(arm.kwargs["group_weight"], groups) if "group_weight" in arm.kwargs else None
     for step in range(1, cfg.steps + 1):
-        if pos + cfg.batch > len(perm):
+        if pos + images > len(perm):
             perm, pos = torch.randperm(len(x_all), generator=g), 0
-        idx = perm[pos:pos + cfg.batch]
-        pos += cfg.batch
+        idx = perm[pos:pos + images].repeat_interleave(groups)
+        pos += images
         t = torch.rand(len(idx), generator=g).to(dev)
         eps = torch.randn(len(idx), chans, size, size, generator=g).to(dev)
         idx = idx.to(dev)
@@ -222,7 +260,10 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
         if align is not None:
             yf = feats[idx].float()  # cached in half precision
             out = align(h, yf, t=t, denoise_loss=denoise.detach(), **clean_inputs(align, x0, xt - tb * v))
-            loss = loss + arm.coeff * out.loss
+            if group_weight is None:
+                loss = loss + arm.coeff * out.loss
+            else:
+                loss = loss + arm.coeff * (group_weight(out, t, denoise) * out.per_sample).mean()
             if arm.mode == "vrpo" and getattr(cfg, "diag_every", 0) and step % cfg.diag_every == 0:
                 tic_d = time.perf_counter()
                 for k, val in push_diagnostic(align, h, yf, out.loss).items():
