@@ -27,7 +27,7 @@ from .config import VRPOConfig
 from .factors import combine
 from .factors.stop import stop_factor
 from .factors.time_weight import time_weight_factor
-from .functional import token_cosine
+from .functional import repa_projection_loss, token_cosine
 from .output import VRPOOutput
 from .policies import Policy, policy_from_config
 from .reduction import Metrics, encoder_mean, reduce_terms
@@ -79,10 +79,9 @@ def alignment_loss(
     if len(mus) != len(ys) or any(m.shape[:2] != v.shape[:2] for m, v in zip(mus, ys)):
         raise ValueError(f"y: expected one target per mu, each of the same (B, N), got mu shapes {[tuple(m.shape) for m in mus]} "
                          f"and y shapes {[tuple(v.shape) for v in ys]}; resample the targets to the tokens' grid first")
-    for name, needed, given in (("sample_weight", cfg.sample_weight != 0 and cfg.mode == "vrpo", weight),
-                                ("adaptive", cfg.adaptive != "none", strength)):
+    for arg, name, needed, given in (("weight", "sample_weight", cfg.sample_weight != 0 and cfg.mode == "vrpo", weight),
+                                     ("strength", "adaptive", cfg.adaptive != "none", strength)):
         if needed and given is None:
-            arg = "weight" if name == "sample_weight" else "strength"
             raise ValueError(f"{arg}: {name}={getattr(cfg, name)!r} scales each sample by a factor from running statistics, "
                              f"got {arg}=None; pass {arg}= (B,), or use VRPOAlignment, which keeps the statistics")
     if cfg.time_weight != "uniform" and t is None:
@@ -135,7 +134,7 @@ def _terms(mus, ys, base: RewardContext, cfg: VRPOConfig, policy: Optional[Polic
     metrics: Metrics = {}
     terms = {}
     if cfg.mode == "repa":  # REPA's value, -cos (its gradient is the anchor's)
-        align = encoder_mean([-token_cosine(mu, y).mean(-1) for mu, y in zip(mus, ys)])
+        align = repa_projection_loss(mus, ys, reduction="none")
         terms["anchor"] = (1 + align).detach()
         aux: List[torch.Tensor] = []
     else:
