@@ -140,6 +140,31 @@ def test_time_budget_stops_new_runs(tmp_path, monkeypatch):
     assert started == [] and records == []
 
 
+def test_a_run_another_invocation_finished_is_read_not_trained(tmp_path, monkeypatch):
+    """Two invocations sharing --out split the work: a run whose record appeared meanwhile is not retrained."""
+    import json
+
+    import run
+
+    a = run.get_args(["--setting", "digits", "--arms", "none", "repa@1", "--seeds", "0", "--workers", "1",
+                      "--out", str(tmp_path)])
+    a.deadline, a.aggregate_only = None, False
+    os.makedirs(tmp_path / "runs")
+    arms = run.parse_arms(a)
+    other = tmp_path / "runs" / f"{run.safe(arms[1].label)}_s0_{run.run_key(arms[1], 0, a)}.json"
+    started = []
+
+    def fake_train(arm, seed, *args, **kw):  # while the first run trains, the other invocation ends the second
+        started.append(arm.label)
+        other.write_text(json.dumps({"arm": arms[1].label, "seed": 0, "by": "other"}))
+        return {"arm": arm.label, "seed": seed}
+
+    monkeypatch.setattr(run, "train_run", fake_train)
+    records, n_new = run.execute(a, arms, None, None, None)
+    assert started == ["none"]
+    assert sorted(r["arm"] for r in records) == ["none", "repa@1"] and records[1]["by"] == "other"
+
+
 def test_a_decodability_arm_gets_the_clean_latents():
     """The decodability head reads x0 (the latents): the trainer passes it, and x_t - t v as x0_pred,
     only to arms whose heads read them."""

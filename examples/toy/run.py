@@ -5,7 +5,7 @@ faces for the evaluator), 32x32, trained in the 8x8x4 latent space of a tiny ``A
 (64 tokens); the target encoder sees the 32x32 glyph. ``--setting digits``: sklearn's 8x8 digits in
 pixel space (16 tokens), the first setting, kept as the record of what it measured.
 
-    python examples/toy/run.py                       # quick: none / REPA / VRPO, one seed, 400 steps (a demo)
+    python examples/toy/run.py                       # quick: none / REPA / VRPO, one seed, 300 steps (a demo)
     python examples/toy/run.py --preset standard     # the finals: every arm, 5 paired seeds
     python examples/toy/run.py --preset gpu          # every arm, 8 seeds, a larger model, parallel runs on one GPU
     python examples/toy/run.py --preset standard --setting digits   # the digits finals (aggregates the cache)
@@ -50,12 +50,13 @@ SETTINGS = {
                    eval_at=(100, 200, 300, 400, 600, 800, 1000, 1200), ref_step=200,
                    eval_samples=500, sample_steps=10, sampler="euler", space="pixel", encoder="vgg",
                    repa_coeff=8.0, vrpo_coeff=2.0),
-    # glyphs in the autoencoder's 8x8x4 latents, 1x1 patches (an 8x8 token grid)
+    # glyphs in the autoencoder's 8x8x4 latents, 1x1 patches (an 8x8 token grid);
+    # REPA 8: best mean FD at the early budget of 2, 4, 8, 16; VRPO 1: of 0.5, 1, 2 (seeds 0, 1; results/glyphs/sweep)
     "glyphs": dict(image_size=32, patch=1, dim=96, depth=4, heads=4, align_depth=2, projector_dim=256, batch=64,
                    lr=2e-3, lr_schedule="constant", ema=0.99, steps=1200, eval_at=(200, 400, 600, 800, 1000, 1200),
                    ref_step=600,  # (at step 400 the samples' class accuracy is 0.08-0.13, barely above chance)
                    eval_samples=520, sample_steps=16, sampler="euler", space="latent", encoder="vgg",
-                   repa_coeff=4.0, vrpo_coeff=1.0),
+                   repa_coeff=8.0, vrpo_coeff=1.0),
 }
 SETTING = SETTINGS["digits"]  # the first setting's numbers, under its old name
 VRPO_KWARGS = "policy=correspondence,tau=0.1"
@@ -64,11 +65,12 @@ SARA_STRUCTURE = 1.0  # structure_coeff of the SARA-style arm
 FINAL_ARMS = ["none", "repa", "vrpo", "irepa", "va-repa", "haste", "sara", "vrpo-zscore", "vrpo-agreement",
               "vrpo-achievability", "vrpo-terminate"]
 # the coefficient sweeps and the global target statistics, run beside the finals where a GPU affords them
-GPU_SWEEP_ARMS = ["repa@2", "repa@8", "vrpo@0.5:policy=correspondence,tau=0.1", "vrpo@2:policy=correspondence,tau=0.1",
-                  "repa@4:target_stats=global", "vrpo@1:policy=correspondence,tau=0.1,target_stats=global"]
+GPU_SWEEP_ARMS = ["repa@4", "repa@16", "vrpo@0.5:policy=correspondence,tau=0.1", "vrpo@2:policy=correspondence,tau=0.1",
+                  "repa@8:target_stats=global", "vrpo@1:policy=correspondence,tau=0.1,target_stats=global"]
 PRESETS = {
-    # a demo: one seed (digits: the first 600 steps)
-    "quick": dict(arms=["none", "repa", "vrpo"], seeds=[0], workers=2, threads=2),
+    # a demo: one seed (digits: the first 600 steps); three workers on two cores end together, where two would
+    # leave the third run alone on one core
+    "quick": dict(arms=["none", "repa", "vrpo"], seeds=[0], workers=3, threads=2),
     "standard": dict(arms=FINAL_ARMS, seeds=[0, 1, 2, 3, 4], workers=2, threads=2),
     # one H200: many runs side by side, the model scaled up (glyphs: width 192, depth 6)
     "gpu": dict(arms=FINAL_ARMS + GPU_SWEEP_ARMS, seeds=list(range(8)), workers=16, threads=16, device="cuda",
@@ -78,7 +80,7 @@ PRESETS = {
 # cost 2 min on a fresh machine, relu4_3's 6); the gpu preset scales the model up
 PRESET_SETTING = {
     ("quick", "digits"): dict(steps=600, eval_at=(100, 200, 300, 400, 600)),
-    ("quick", "glyphs"): dict(steps=400, eval_at=(100, 200, 300, 400), ref_step=200, eval_samples=260,
+    ("quick", "glyphs"): dict(steps=300, eval_at=(100, 200, 300), ref_step=200, eval_samples=260,
                               encoder="vgg-r3"),
     ("gpu", "glyphs"): dict(dim=192, depth=6, heads=6, lr=1e-3, steps=1600, eval_at=(200, 400, 600, 800, 1000, 1200, 1600)),
 }
@@ -230,6 +232,8 @@ def _worker(a, job, position):
     arm, seed, path = job
     if a.deadline is not None and time.time() > a.deadline:
         return None  # the time budget is spent: this run does not start
+    if os.path.exists(path):  # another invocation on the same --out finished it meanwhile
+        return json.load(open(path))
     torch.set_num_threads(max(1, a.threads // a.workers))
     data, feats, evaluator = setup(a, progress=False, global_stats=arm.kwargs.get("target_stats") == "global")
     with tqdm(total=a.steps, desc=f"{arm.label[:28]} s{seed}", unit="step", position=position, leave=False) as bar:
@@ -267,6 +271,10 @@ def execute(a, arms, data, feats, evaluator):
             for arm, seed, path in todo:
                 if a.deadline is not None and time.time() > a.deadline:
                     break
+                if os.path.exists(path):  # another invocation on the same --out finished it meanwhile
+                    records.append(json.load(open(path)))
+                    bar.update(a.steps)
+                    continue
                 rec = train_run(arm, seed, data, feats, evaluator, a, progress=bar)
                 json.dump(rec, open(path, "w"), indent=1)
                 records.append(rec)
