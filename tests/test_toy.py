@@ -169,6 +169,25 @@ def test_train_run_smoke(spec):
         assert "signal_frac" in rec["metrics"] and "push/policy_vs_repa" in rec["metrics"]
 
 
+def test_one_seed_skips_the_redraw_and_keys_its_runs_apart():
+    """A one-seed demo draws the last evaluation's samples once; its runs are not reused where a redraw is read."""
+    import run
+
+    data = SimpleNamespace(x_train=torch.rand(40, 1, 16, 16) * 2 - 1, y_train=torch.randint(0, 10, (40,)))
+    cfg = SimpleNamespace(dim=32, depth=2, heads=2, align_depth=1, projector_dim=32, lr=1e-3, batch=8, steps=2,
+                          eval_at=(2,), eval_samples=20, sample_steps=2, sampler="euler", log_every=1, ema=0.0,
+                          redraw=False)
+    seen = []
+    rec = train_run(Arm.parse("none"), 0, data, torch.randn(40, 64, 16), lambda x, y: seen.append(x) or
+                    {"fd": 1.0, "acc": 0.5}, cfg)
+    assert len(seen) == 1 and "fd_redraw" not in rec["evals"][-1]
+    one = run.get_args(["--setting", "digits", "--arms", "none", "--seeds", "0"])
+    two = run.get_args(["--setting", "digits", "--arms", "none", "--seeds", "0", "1"])
+    assert (one.redraw, two.redraw) == (False, True)
+    arm = run.parse_arms(two)[0]
+    assert run.run_key(arm, 0, one) != run.run_key(arm, 0, two)
+
+
 def test_train_run_native_resolution_and_ema():
     torch.manual_seed(0)
     data = SimpleNamespace(x_train=torch.rand(40, 1, 8, 8) * 2 - 1, y_train=torch.randint(0, 10, (40,)))

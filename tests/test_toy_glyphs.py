@@ -103,7 +103,7 @@ def test_glyph_setting_arguments():
 
     a = get_args([])
     assert a.setting == "glyphs" and a.space == "latent" and a.repa_coeff == SETTINGS["glyphs"]["repa_coeff"]
-    assert a.eval_at[-1] == a.steps == 400 and a.ref_step in a.eval_at and a.encoder == "vgg-r3"
+    assert a.eval_at[-1] == a.steps == 300 and a.ref_step in a.eval_at and a.encoder == "vgg-r3"
     d = get_args(["--setting", "digits", "--preset", "standard"])
     assert (d.image_size, d.patch, d.steps, d.repa_coeff, d.vrpo_coeff) == (8, 2, 1200, 8.0, 2.0)
     assert d.out.endswith("digits-standard")

@@ -162,6 +162,7 @@ def get_args(argv=None):
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error(f"--preset {a.preset} / --device cuda: no CUDA device here; use --preset standard on a CPU")
     a.eval_at = tuple(sorted(set(a.eval_at) | {a.steps}))
+    a.redraw = len(a.seeds) > 1  # the second sample draw measures the evaluator's noise against the seeds'
     if a.ref_step not in a.eval_at:
         p.error(f"--ref-step {a.ref_step} must be one of the evaluation steps {list(a.eval_at)}")
     a.out = a.out or os.path.join(ROOT, "runs", "toy", a.preset if a.setting == "glyphs" else f"{a.setting}-{a.preset}")
@@ -185,6 +186,7 @@ def run_key(arm: Arm, seed: int, a) -> str:
     sig = [arm.label, seed, a.steps, a.batch, list(a.eval_at), a.eval_samples, a.sample_steps, a.sampler, a.lr, a.ema,
            a.image_size, a.patch, a.dim, a.depth, a.heads, a.align_depth, a.projector_dim, a.encoder]
     sig += [a.lr_schedule] if a.lr_schedule != "constant" else []
+    sig += [] if a.redraw else ["no redraw"]
     if a.setting != "digits":  # (the digits' keys stay those of the runs in its committed results)
         targets = arm.mode != "none"  # without targets, the encoder and its statistics change nothing
         sig[-1] = a.encoder if targets else None

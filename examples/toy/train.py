@@ -201,7 +201,8 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
     absent), ``feats`` the encoder tokens on the model's token grid (``pool_tokens``). With ``cfg.ema`` > 0 the evaluated model is an
     exponential moving average of the weights (decay ``min(ema, (1 + step) / (10 + step))``). At the
     last evaluation the samples are drawn a second
-    time from other noise (``fd_redraw``): the evaluator's own noise, same model, two sample draws.
+    time from other noise (``fd_redraw``): the evaluator's own noise, same model, two sample draws (unless
+    ``cfg.redraw`` is False: a one-seed demo has no interval for it to inform).
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     if isinstance(feats, dict):
@@ -292,7 +293,7 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
             net = model if ema is None else ema
             xs, ev = _evaluate(net, evaluator, y_eval, noise_eval, cfg, dev, decode)
             ev.update(step=step, train_s=round(train_time, 3), loss=float(denoise.detach().mean()))
-            if step == cfg.steps:
+            if step == cfg.steps and getattr(cfg, "redraw", True):
                 ev["fd_redraw"] = _evaluate(net, evaluator, y_eval, noise_redraw, cfg, dev, decode)[1]["fd"]
             record["evals"].append(ev)
             if progress is not None:
