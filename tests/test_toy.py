@@ -63,6 +63,8 @@ def test_arm_parsing():
     assert a.kwargs == {"policy": "correspondence", "tau": 0.1, "antithetic": False}
     assert Arm.parse("repa", {"repa": 2.0}).coeff == 2.0
     assert Arm.parse("none").coeff == 0.0
+    # an option of the no-alignment arm is in its label, so its runs are not mistaken for plain none's
+    assert (Arm.parse("none").label, Arm.parse("none:groups=4").label) == ("none", "none:groups=4")
     assert parse_kv("group_size=8") == {"group_size": 8}
     # "none" is None, except for string options, where it is a value
     assert parse_kv("adv_scale=none,sigma_final=none") == {"adv_scale": "none", "sigma_final": None}

@@ -56,8 +56,8 @@ class Arm:
         if mode == "none" and (coeff or set(kwargs) - {"groups"}):
             raise ValueError(f"arm {spec!r}: 'none' takes no coefficient and no options but groups=G")
         c = float(coeff) if coeff else (default_coeff or {}).get(mode, 0.0)
-        label = "none" if mode == "none" else f"{mode}@{c:g}" + (
-            ":" + ",".join(f"{k}={_fmt(v)}" for k, v in kwargs.items()) if kwargs else "")
+        opts = ":" + ",".join(f"{k}={_fmt(v)}" for k, v in kwargs.items()) if kwargs else ""
+        label = ("none" if mode == "none" else f"{mode}@{c:g}") + opts  # (none:groups=4 is not none)
         return Arm(mode, 0.0 if mode == "none" else c, kwargs, label)
 
     def resolve(self, steps: int) -> dict:
