@@ -227,6 +227,11 @@ def setup(a, progress=True, global_stats=False):
     return data, {"none": feats, "global": standardise_channels(feats) if global_stats else None}, evaluator
 
 
+def _finished(path: str):
+    """The record of a run already on disk (this cache, or another invocation on the same --out), or None."""
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
 def _worker(a, job, position):
     """One (arm, seed) run in a worker process (data, features and classifier come from the cache)."""
     from tqdm import tqdm
@@ -234,8 +239,8 @@ def _worker(a, job, position):
     arm, seed, path = job
     if a.deadline is not None and time.time() > a.deadline:
         return None  # the time budget is spent: this run does not start
-    if os.path.exists(path):  # another invocation on the same --out finished it meanwhile
-        return json.load(open(path))
+    if (rec := _finished(path)) is not None:  # another invocation on the same --out finished it meanwhile
+        return rec
     torch.set_num_threads(max(1, a.threads // a.workers))
     data, feats, evaluator = setup(a, progress=False, global_stats=arm.kwargs.get("target_stats") == "global")
     with tqdm(total=a.steps, desc=f"{arm.label[:28]} s{seed}", unit="step", position=position, leave=False) as bar:
@@ -252,8 +257,9 @@ def execute(a, arms, data, feats, evaluator):
     for seed in a.seeds:
         for arm in arms:
             path = os.path.join(a.out, "runs", f"{safe(arm.label)}_s{seed}_{run_key(arm, seed, a)}.json")
-            if os.path.exists(path):
-                records.append(json.load(open(path)))
+            rec = _finished(path)
+            if rec is not None:
+                records.append(rec)
             else:
                 todo.append((arm, seed, path))
     if a.aggregate_only:
@@ -273,8 +279,8 @@ def execute(a, arms, data, feats, evaluator):
             for arm, seed, path in todo:
                 if a.deadline is not None and time.time() > a.deadline:
                     break
-                if os.path.exists(path):  # another invocation on the same --out finished it meanwhile
-                    records.append(json.load(open(path)))
+                if (rec := _finished(path)) is not None:  # another invocation on the same --out finished it meanwhile
+                    records.append(rec)
                     bar.update(a.steps)
                     continue
                 rec = train_run(arm, seed, data, feats, evaluator, a, progress=bar)
