@@ -149,6 +149,57 @@ def test_craft_vgg_tokens():
     assert y.shape == (2, 64, 512) and torch.isfinite(y).all() and (y >= 0).all()
 
 
+def test_vgg_perceptual_matches_a_float64_reference():
+    """The offline perceptual distance: LPIPS's formula (unit-normalised channels, squared difference,
+    spatial mean, summed over channels and taps) on VGG16-BN relu1_2/2_2/3_3, against a float64
+    recomputation that reads the taps with forward hooks."""
+    pytest.importorskip("easyocr_en_models")
+    from data import VGGPerceptual
+
+    torch.manual_seed(0)
+    d = VGGPerceptual()
+    a, b = torch.rand(3, 1, 32, 32) * 2 - 1, torch.rand(3, 1, 32, 32) * 2 - 1
+    net = d.net.double()
+    taps = {}
+    for i in (5, 12, 22):
+        net[i].register_forward_hook(lambda m, inp, out, i=i: taps.__setitem__(i, out))
+
+    def feats(x):
+        x = ((x + 1) / 2).repeat(1, 3, 1, 1)
+        mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+        net((x - mean) / std)
+        return [taps[i] / taps[i].pow(2).sum(1, keepdim=True).sqrt() for i in (5, 12, 22)]
+
+    with torch.no_grad():
+        ref = torch.zeros(3, dtype=torch.float64)
+        for fa, fb in zip(feats(a.double()), feats(b.double())):
+            for n in range(3):
+                ref[n] += ((fa[n] - fb[n]) ** 2).sum(0).mean()
+        d.float()
+        for i in (5, 12, 22):
+            net[i]._forward_hooks.clear()
+        got = d(a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1))
+    assert got.shape == (3,)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)
+    assert d(a, a).abs().max() < 1e-6 and (got > 0).all()
+
+
+def test_a_perceptual_arm_gets_the_decoded_images_and_the_vgg_distance():
+    """perceptual_weight > 0 in an arm: the trainer builds the reward offline (decode -> 3 grey
+    channels, VGGPerceptual) and the reward reaches the sample weights' metrics."""
+    pytest.importorskip("easyocr_en_models")
+    torch.manual_seed(0)
+    data = SimpleNamespace(x_train=torch.randn(40, 4, 4, 4), y_train=torch.randint(0, 26, (40,)), num_classes=26,
+                           decode=lambda z: torch.nn.functional.interpolate(z.mean(1, keepdim=True), scale_factor=8))
+    cfg = SimpleNamespace(dim=16, depth=2, heads=2, align_depth=1, projector_dim=16, lr=1e-3, batch=8, steps=2, patch=1,
+                          eval_at=(2,), eval_samples=26, sample_steps=2, sampler="euler", log_every=1, diag_every=0,
+                          ema=0.0)
+    arm = Arm.parse("vrpo@1:sample_weight=0.5,perceptual_weight=1,perceptual_every=1,perceptual_subset=4")
+    rec = train_run(arm, 0, data, torch.randn(40, 16, 8).half(), lambda x, y: {"fd": 1.0, "acc": 0.5}, cfg)
+    assert rec["metrics"]["rewards/perceptual/mean"] < 0  # minus a distance, finite
+
+
 @pytest.mark.parametrize("spec", ["none", "repa@1", "vrpo@0.5:policy=correspondence", "vrpo@0.5:policy=gaussian,group_size=4"])
 def test_train_run_smoke(spec):
     torch.manual_seed(0)

@@ -147,6 +147,42 @@ class VGGTokens(nn.Module):
         return f.flatten(2).transpose(1, 2)
 
 
+class VGGPerceptual(nn.Module):
+    """An LPIPS-style distance on the benchmark's VGG16-BN (CRAFT's), for the perceptual reward offline.
+
+    ``forward(a, b)``: images (B, C, H, W) in [-1, 1] (the first channel is read: the glyphs are grey)
+    -> (B,) distances: relu1_2, relu2_2 and relu3_3 of the 32x32 image, each unit-normalised over
+    channels, their squared difference averaged over positions and summed over channels, then over the
+    three taps (LPIPS's formula with uniform channel weights: its learned linear layers and ImageNet
+    VGG are not available offline; ``lpips.LPIPS(net="vgg")`` is the user's choice when they are).
+    """
+
+    TAPS = (6, 13, 23)  # after relu1_2, relu2_2, relu3_3 in vgg16_bn().features
+
+    def __init__(self, size: int = 32):
+        super().__init__()
+        self.net = craft_vgg16_bn_relu4_3()[:self.TAPS[-1]]
+        self.size = size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def _taps(self, x: torch.Tensor) -> list:
+        x = (x[:, :1] + 1) / 2
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        out = []
+        for i, layer in enumerate(self.net, start=1):
+            x = layer(x)
+            if i in self.TAPS:
+                out.append(x / x.norm(dim=1, keepdim=True).clamp_min(1e-10))
+        return out
+
+    @torch.no_grad()
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return sum((fa - fb).pow(2).sum(1).flatten(1).mean(1) for fa, fb in zip(self._taps(a), self._taps(b)))
+
+
 class DINOv2Tokens(nn.Module):
     """(B, 1, H, W) -> (B, 64, 768) patch tokens of timm's DINOv2 ViT-B/14 on 112x112 inputs."""
 

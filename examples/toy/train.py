@@ -108,8 +108,13 @@ def parse_kv(text: str) -> dict:
 
 
 def build_alignment(arm: Arm, hidden_dim: int, target_dim: int, projector_dim: int, steps: int = 0,
-                    diagnostics_every: int | None = None):
-    """The arm's ``VRPOAlignment`` (None for ``none``); ``steps`` resolves a fractional ``stop_step``."""
+                    diagnostics_every: int | None = None, decode=None):
+    """The arm's ``VRPOAlignment`` (None for ``none``); ``steps`` resolves a fractional ``stop_step``.
+
+    An arm with ``perceptual_weight > 0`` gets the perceptual reward offline: ``decode`` (the
+    autoencoder's, latents -> grey images; None for pixel models) and the benchmark's VGG16-BN as the
+    distance (``data.VGGPerceptual``), since LPIPS's pretrained backbones cannot be fetched here.
+    """
     if arm.mode == "none":
         return None
     from vrpo_loss import VRPOAlignment
@@ -121,7 +126,14 @@ def build_alignment(arm: Arm, hidden_dim: int, target_dim: int, projector_dim: i
         kw.setdefault("diagnostics_every", diagnostics_every)  # detached diagnostic: no effect on training
     if kw.get("projector", "mlp") == "mlp":  # (iREPA's conv projector has no hidden width)
         kw["projector_dim"] = projector_dim
-    return VRPOAlignment(hidden_dim=hidden_dim, target_dims=(target_dim,), mode=arm.mode, **kw)
+    extra = {}
+    if kw.get("perceptual_weight", 0) > 0:
+        from data import VGGPerceptual
+
+        extra = dict(perceptual_net=VGGPerceptual(),
+                     decode=(lambda z: decode(z).clamp(-1, 1).expand(-1, 3, -1, -1)) if decode is not None
+                     else (lambda x: x.clamp(-1, 1).expand(-1, 3, -1, -1)))
+    return VRPOAlignment(hidden_dim=hidden_dim, target_dims=(target_dim,), mode=arm.mode, **kw, **extra)
 
 
 class GroupWeight:
@@ -213,7 +225,7 @@ def train_run(arm: Arm, seed: int, data, feats: torch.Tensor, evaluator, cfg, gr
     model = ToySiT(image_size=size, channels=chans, patch=getattr(cfg, "patch", 2), dim=cfg.dim, depth=cfg.depth,
                    heads=cfg.heads, num_classes=n_classes, align_depth=cfg.align_depth)
     align = build_alignment(arm, cfg.dim, feats.shape[-1], cfg.projector_dim, steps=cfg.steps,
-                            diagnostics_every=getattr(cfg, "diag_every", None))
+                            diagnostics_every=getattr(cfg, "diag_every", None), decode=decode)
     dev = torch.device(getattr(cfg, "device", "cpu"))
     model.to(dev)
     ema_decay = getattr(cfg, "ema", 0.0)
