@@ -138,6 +138,18 @@ def test_time_budget_stops_new_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "train_run", lambda *x, **k: started.append(x) or {})
     records, n_new = run.execute(a, run.parse_arms(a), None, None, None)
     assert started == [] and records == []
+    note = run.left_note(a, run.parse_arms(a), records)
+    assert "4 of 4 runs not yet done" in note and "run the same command again" in note
+
+
+def test_the_standard_preset_stops_starting_runs_within_its_budget():
+    """One invocation of the finals fits the budget (about 120 minutes): no run starts after STANDARD_BUDGET
+    minutes, and an explicit --time-budget still wins."""
+    import run
+
+    assert run.get_args(["--preset", "standard"]).time_budget == run.STANDARD_BUDGET <= 110
+    assert run.get_args(["--preset", "standard", "--time-budget", "300"]).time_budget == 300
+    assert run.get_args(["--arms", "none", "--seeds", "0"]).time_budget is None
 
 
 def test_a_run_another_invocation_finished_is_read_not_trained(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ faces for the evaluator), 32x32, trained in the 8x8x4 latent space of a tiny ``A
 pixel space (16 tokens), the first setting, kept as the record of what it measured.
 
     python examples/toy/run.py                       # quick: none / REPA / VRPO, one seed, 300 steps (a demo)
-    python examples/toy/run.py --preset standard     # the finals: every arm, 5 paired seeds
+    python examples/toy/run.py --preset standard     # the finals: every arm, 5 paired seeds (~2 h a call; rerun continues)
     python examples/toy/run.py --preset gpu          # every arm, 8 seeds, a larger model, parallel runs on one GPU
     python examples/toy/run.py --preset standard --setting digits   # the digits finals (aggregates the cache)
     python examples/toy/run.py --arms none repa@2 "repa@2:time_weight=sigmoid" "vrpo@1:tau=0.05" --seeds 0 1
@@ -67,11 +67,14 @@ FINAL_ARMS = ["none", "repa", "vrpo", "irepa", "va-repa", "haste", "sara", "vrpo
 # the coefficient sweeps and the global target statistics, run beside the finals where a GPU affords them
 GPU_SWEEP_ARMS = ["repa@4", "repa@16", "vrpo@0.5:policy=correspondence,tau=0.1", "vrpo@2:policy=correspondence,tau=0.1",
                   "repa@8:target_stats=global", "vrpo@1:policy=correspondence,tau=0.1,target_stats=global"]
+STANDARD_BUDGET = 105  # minutes; a run of the standard setting takes 8-12 on one of two busy cores
 PRESETS = {
     # a demo: one seed (digits: the first 600 steps); three workers on two cores end together, where two would
     # leave the third run alone on one core
     "quick": dict(arms=["none", "repa", "vrpo"], seeds=[0], workers=3, threads=2),
-    "standard": dict(arms=FINAL_ARMS, seeds=[0, 1, 2, 3, 4], workers=2, threads=2),
+    # the finals: 55 runs, about 4.8 h of two cores; one invocation starts no run after STANDARD_BUDGET minutes
+    # (so it ends within about 120), and the next invocation of the same command continues from the cache
+    "standard": dict(arms=FINAL_ARMS, seeds=[0, 1, 2, 3, 4], workers=2, threads=2, time_budget=STANDARD_BUDGET),
     # one H200: many runs side by side, the model scaled up (glyphs: width 192, depth 6)
     "gpu": dict(arms=FINAL_ARMS + GPU_SWEEP_ARMS, seeds=list(range(8)), workers=16, threads=16, device="cuda",
                 time_budget=5.5),
@@ -289,6 +292,17 @@ def execute(a, arms, data, feats, evaluator):
     return records, len(todo)
 
 
+def left_note(a, arms, records) -> str:
+    """What the time budget left undone, and how to go on ("" when every (arm, seed) is in)."""
+    left = len(arms) * len(a.seeds) - len(records)
+    if left <= 0:
+        return ""
+    why = ("--aggregate-only" if a.aggregate_only else
+           f"the {a.time_budget:g}-minute time budget" if a.time_budget else "the time budget")
+    return (f"**{left} of {len(arms) * len(a.seeds)} runs not yet done** ({why}): the table covers the seeds every "
+            "arm completed; run the same command again to continue from the cache.\n\n")
+
+
 def main(argv=None):
     a = get_args(argv)
     a.deadline = time.time() + 60 * a.time_budget if a.time_budget else None
@@ -315,7 +329,7 @@ def main(argv=None):
     run_min = sum(r.get("wall_s", 0.0) for r in records) / 60
     header = (f"# {a.title}\n\nCommand: `{cmd}`  \nMachine: {machine}; torch {torch.__version__}  \n"
               f"Wall time of this invocation {wall / 60:.1f} min ({n_new} new runs); the runs' own wall times "
-              f"(training and evaluation) add up to {run_min:.1f} min.\n\n")
+              f"(training and evaluation) add up to {run_min:.1f} min.\n\n" + left_note(a, arms, records))
     open(os.path.join(a.out, "results.md"), "w").write(header + md)
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items() if k not in ("out", "cache_dir")}
     json.dump(dict(command=cmd, machine=machine, config=cfg, floor=evaluator.floor, classifier_test_acc=evaluator.test_acc,
