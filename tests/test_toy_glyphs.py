@@ -188,15 +188,27 @@ def test_a_decodability_arm_gets_the_clean_latents():
     assert clean_inputs(VRPOAlignment(hidden_dim=8, target_dims=(8,)), x0, pred) == {}
     got = clean_inputs(VRPOAlignment(hidden_dim=8, target_dims=(8,), decodability_weight=0.5), x0, pred)
     assert got["x0"] is x0 and not got["x0_pred"].requires_grad
+    rec = _latent_run("vrpo@1:decodability_weight=0.5,decodability_patch=1,decodability_channels=4,decodability_hidden=8")
+    assert rec["evals"][-1]["fd"] == 1.0
+
+
+def _latent_run(spec: str, upsample: int = 2) -> dict:
+    """Two steps of a tiny latent-space run (4x4x4 latents, decoded by an upsampling stand-in) of ``spec``."""
     torch.manual_seed(0)
     data = SimpleNamespace(x_train=torch.randn(40, 4, 4, 4), y_train=torch.randint(0, 26, (40,)), num_classes=26,
-                           decode=lambda z: torch.nn.functional.interpolate(z.mean(1, keepdim=True), scale_factor=2))
+                           decode=lambda z: torch.nn.functional.interpolate(z.mean(1, keepdim=True), scale_factor=upsample))
     cfg = SimpleNamespace(dim=16, depth=2, heads=2, align_depth=1, projector_dim=16, lr=1e-3, batch=8, steps=2, patch=1,
                           eval_at=(2,), eval_samples=26, sample_steps=2, sampler="euler", log_every=1, diag_every=0,
                           ema=0.0)
-    arm = Arm.parse("vrpo@1:decodability_weight=0.5,decodability_patch=1,decodability_channels=4,decodability_hidden=8")
-    rec = train_run(arm, 0, data, torch.randn(40, 16, 8).half(), lambda x, y: {"fd": 1.0, "acc": 0.5}, cfg)
-    assert rec["evals"][-1]["fd"] == 1.0
+    return train_run(Arm.parse(spec), 0, data, torch.randn(40, 16, 8).half(), lambda x, y: {"fd": 1.0, "acc": 0.5}, cfg)
+
+
+def test_a_perceptual_arm_gets_the_decoded_images_and_the_vgg_distance():
+    """perceptual_weight > 0 in an arm: the trainer builds the reward offline (decode -> 3 grey
+    channels, data.VGGPerceptual) and the reward reaches the sample weights' metrics."""
+    pytest.importorskip("easyocr_en_models")
+    rec = _latent_run("vrpo@1:sample_weight=0.5,perceptual_weight=1,perceptual_every=1,perceptual_subset=4", upsample=8)
+    assert rec["metrics"]["rewards/perceptual/mean"] < 0  # minus a distance, finite
 
 
 def test_group_weight_against_a_float64_loop():
