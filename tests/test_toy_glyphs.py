@@ -142,6 +142,16 @@ def test_time_budget_stops_new_runs(tmp_path, monkeypatch):
     assert "4 of 4 runs not yet done" in note and "run the same command again" in note
 
 
+def test_versus_names_an_arm_of_the_run():
+    import run
+
+    a = run.get_args(["--arms", "none", "vrpo", "vrpo-zscore", "--seeds", "0", "1", "--versus", "vrpo"])
+    assert len(run.parse_arms(a)) == 3
+    a = run.get_args(["--arms", "none", "vrpo-zscore", "--seeds", "0", "1", "--versus", "vrpo"])
+    with pytest.raises(SystemExit, match="--versus 'vrpo'"):
+        run.parse_arms(a)
+
+
 def test_the_standard_preset_stops_starting_runs_within_its_budget():
     """One invocation of the finals fits the budget (about 120 minutes): no run starts after STANDARD_BUDGET
     minutes, and an explicit --time-budget still wins."""

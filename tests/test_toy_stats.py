@@ -116,6 +116,34 @@ def test_summary_compares_with_best_repa_and_with_the_best_peer():
     assert summary["repa@2:time_weight=sigmoid"]["ratio_a"]["interval"]["gmean"] == pytest.approx((100 + w * 100) / 200)
 
 
+def test_versus_compares_every_arm_with_a_chosen_base():
+    # base vrpo@1 reaches FD 100 (x the seed's scale) at step 200; the z-scored arm gets there at step 400
+    # (ratio 2 on every seed: slower) and ends 50 x scale above it (worse); the tau arm crosses on one
+    # side or the other by seed (no detectable difference)
+    from report import summarise, versus, versus_markdown
+    from train import Arm
+
+    steps = [100, 200, 400]
+    curves = {"repa@2": [500, 300, 150], "vrpo@1": [200, 100, 50], "vrpo@1:target_norm=zscore": [400, 200, 100]}
+    records = [dict(arm=label, seed=seed, evals=[dict(step=s, fd=f * (1 + 0.01 * seed), acc=0.5) for s, f in zip(steps, fds)],
+                    step_ms=1.0, wall_s=1.0, metrics={}) for label, fds in curves.items() for seed in (0, 1, 2)]
+    tau = {0: [100, 50, 25], 1: [400, 200, 100], 2: [200, 100, 50]}  # seed 2: the base's own curve (x 1.02 / 1.02)
+    records += [dict(arm="vrpo@1:tau=0.3", seed=seed, evals=[dict(step=s, fd=f * (1 + 0.01 * seed), acc=0.5)
+                for s, f in zip(steps, fds)], step_ms=1.0, wall_s=1.0, metrics={}) for seed, fds in tau.items()]
+    arms = [Arm.parse(k) for k in [*curves, "vrpo@1:tau=0.3"]]
+    summary, _ = summarise(records, arms, ref_step=200, floor=10.0)
+    rows = versus(summary, "vrpo@1", ref_step=200)
+    assert set(rows) == {"repa@2", "vrpo@1:target_norm=zscore", "vrpo@1:tau=0.3"}
+    z = rows["vrpo@1:target_norm=zscore"]
+    assert z["ratio"]["gmean"] == pytest.approx(2.0) and z["speed"] == "slower"
+    assert z["end"]["mean"] == pytest.approx(np.mean([50 * (1 + 0.01 * s) for s in range(3)])) and z["level"] == "worse"
+    t = rows["vrpo@1:tau=0.3"]
+    assert t["ratio"]["gmean"] == pytest.approx((0.5 * 2.0 * 1.0) ** (1 / 3)) and t["speed"] == "no detectable difference"
+    assert "| `vrpo@1:target_norm=zscore` | 2.00 [2.00, 2.00] | slower |" in versus_markdown(rows, "vrpo@1", 200)
+    with pytest.raises(ValueError, match="base"):
+        versus(summary, "vrpo@2", ref_step=200)
+
+
 def test_paired_evaluator_noise_cancels_the_shared_draw():
     # each seed's redraw shifts every arm by the same offset (the shared sample noise): the paired
     # difference to best REPA does not move, so its evaluator noise is zero while the unpaired one is not;

@@ -84,6 +84,42 @@ def summarise(records, arms, ref_step, floor):
     return summary, reference
 
 
+def versus(summary, base: str, ref_step: int) -> dict:
+    """Every arm against the arm ``base`` (a label in ``summary``), over the same paired seeds: the steps
+    ratio to reach ``base``'s own FD at ``ref_step`` (target (a) of the main table with ``base`` as the
+    reference) and the paired difference of the final FD (negative: lower), each with its verdict.
+
+    Returns ``{label: dict(ratio=interval, speed=verdict, end=interval, level=verdict)}``, ``base`` left out.
+    """
+    if base not in summary:
+        raise ValueError(f"base: expected one of the arms {sorted(summary)}, got {base!r}; add it to --arms")
+    ref = summary[base]
+    ref_fd = np.array(ref["fd_seeds"])
+    target = ref_fd[:, ref["steps"].index(ref_step)]
+    out = {}
+    for label, s in summary.items():
+        if label == base:
+            continue
+        fd = np.array(s["fd_seeds"])
+        r = stats.steps_ratios(s["steps"], fd, ref_fd, target)
+        iv = stats.ratio_interval(r["ratios"])
+        end = stats.paired_differences(fd, ref_fd)[-1]
+        out[label] = dict(ratio=iv, speed=stats.speed_verdict(iv, r["censored"], r["ref_censored"]),
+                          end=end, level=stats.level_verdict(end))
+    return out
+
+
+def versus_markdown(rows: dict, base: str, ref_step: int) -> str:
+    """The table of :func:`versus`."""
+    lines = [f"Against `{base}` (steps to reach its own FD at step {ref_step}, over its steps; final FD, paired):", "",
+             "| arm | steps ratio | speed verdict | end difference | end verdict |", "|---|---|---|---|---|"]
+    for label, r in rows.items():
+        iv, e = r["ratio"], r["end"]
+        lines.append(f"| `{label}` | {_ci(iv['gmean'], iv['lo'], iv['hi'], '{:.2f}')} | {r['speed']} | "
+                     f"{_ci(e['mean'], e['lo'], e['hi'], '{:+.0f}')} | {r['level']} |")
+    return "\n".join(lines) + "\n"
+
+
 def calibration_checks(summary, reference):
     """The regime's three conditions (docs/benchmark.md), measured on this summary."""
     out = {}

@@ -148,6 +148,8 @@ def get_args(argv=None):
     p.add_argument("--aggregate-only", action="store_true", help="train nothing: report the cached runs, over the "
                    "seeds that every arm has")
     p.add_argument("--title", help="plot title")
+    p.add_argument("--versus", help="an arm of --arms (name or spec): add a table of every arm against it "
+                   "(steps to its early-budget FD, final FD), e.g. a variant against the default it would replace")
     a = p.parse_args(argv)
     setting = {**SETTINGS[a.setting], **PRESET_SETTING.get((a.preset, a.setting), {})}
     preset = {**setting, **PRESETS[a.preset]}
@@ -176,6 +178,8 @@ def get_args(argv=None):
 def parse_arms(a) -> list:
     names = named_arms(a.repa_coeff, a.vrpo_coeff, a.vrpo)
     arms = [Arm.parse(names.get(s, s), {"repa": a.repa_coeff, "vrpo": a.vrpo_coeff}, parse_kv(a.vrpo)) for s in a.arms]
+    if getattr(a, "versus", None) and not any(a.versus in (name, arm.label) for arm, name in zip(arms, a.arms)):
+        raise SystemExit(f"--versus {a.versus!r}: expected one of the arms {a.arms}; add it to --arms")
     for arm in arms:  # fail now, not in a worker: options this version of vrpo_loss does not have
         try:
             build_alignment(arm, a.dim, 512, a.projector_dim, steps=a.steps)
@@ -321,6 +325,9 @@ def main(argv=None):
     ref_set = ("450 held-out digits" if a.setting == "digits" else
                f"{evaluator.n_test} glyphs of the held-out typefaces")
     md = report.markdown(summary, reference, checks, evaluator.floor, a.eval_samples, a.sample_steps, ref_set)
+    if a.versus:
+        base = next(arm.label for arm, name in zip(arms, a.arms) if a.versus in (name, arm.label))
+        md += "\n" + report.versus_markdown(report.versus(summary, base, a.ref_step), base, a.ref_step)
     cmd = "python examples/toy/run.py " + " ".join(f'"{x}"' if any(c in x for c in " :,") else x
                                                      for x in (argv if argv is not None else sys.argv[1:]))
     machine = (torch.cuda.get_device_name(0) if a.device == "cuda" and torch.cuda.is_available()
