@@ -123,6 +123,14 @@ def craft_backbone_state(copy_path: str | None = os.environ.get("TOY_VGG_WEIGHTS
     return mapped
 
 
+def vgg_input(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Grey images (B, 1, H, W) in [-1, 1] -> the VGG's input (B, 3, size, size), ImageNet-normalised."""
+    x = (x + 1) / 2
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x.expand(-1, 3, -1, -1) - mean) / std
+
+
 class VGGTokens(nn.Module):
     """(B, 1, H, W) in [-1, 1] -> (B, 64, 512) relu4_3 tokens of the 64x64-resized image.
 
@@ -139,11 +147,7 @@ class VGGTokens(nn.Module):
 
     @torch.no_grad()
     def forward(self, x):
-        x = (x + 1) / 2
-        if x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
-        f = self.net(x)  # (B, 512, 8, 8)
+        f = self.net(vgg_input(x, self.size, self.mean, self.std))  # (B, 512, 8, 8)
         return f.flatten(2).transpose(1, 2)
 
 
@@ -167,10 +171,7 @@ class VGGPerceptual(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def _taps(self, x: torch.Tensor) -> list:
-        x = (x[:, :1] + 1) / 2
-        if x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        x = vgg_input(x[:, :1], self.size, self.mean, self.std)
         out = []
         for i, layer in enumerate(self.net, start=1):
             x = layer(x)

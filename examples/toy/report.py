@@ -35,6 +35,14 @@ def best_peer(summary, ref_step):
     return min(family, key=lambda k: summary[k]["fd"]["mean"][summary[k]["steps"].index(ref_step)], default=None)
 
 
+def _speed(steps, fd, ref_fd, targets) -> dict:
+    """``stats.steps_ratios`` of ``fd`` against ``ref_fd`` with its ``interval`` and speed ``verdict`` added."""
+    r = stats.steps_ratios(steps, fd, ref_fd, targets)
+    r.update(interval=stats.ratio_interval(r["ratios"]))
+    r["verdict"] = stats.speed_verdict(r["interval"], r["censored"], r["ref_censored"])
+    return r
+
+
 def summarise(records, arms, ref_step, floor):
     """Per-arm statistics over paired seeds; returns (summary, reference) where reference names best REPA."""
     by_arm, seeds = _paired(records, arms)
@@ -71,14 +79,8 @@ def summarise(records, arms, ref_step, floor):
                                       hi=[d["hi"] for d in diffs])
         s["end_verdict"] = stats.level_verdict(diffs[-1])
         for key, target in targets.items():
-            r = stats.steps_ratios(s["steps"], fd, ref_fd, target)
-            r.update(interval=stats.ratio_interval(r["ratios"]))
-            r["verdict"] = stats.speed_verdict(r["interval"], r["censored"], r["ref_censored"])
-            s[f"ratio_{key}"] = r
-        r = stats.steps_ratios(s["steps"], fd, peer_fd, peer_fd[:, i_ref])  # (c): the best peer's FD at ref_step
-        r.update(interval=stats.ratio_interval(r["ratios"]))
-        r["verdict"] = stats.speed_verdict(r["interval"], r["censored"], r["ref_censored"])
-        s["ratio_c"] = r
+            s[f"ratio_{key}"] = _speed(s["steps"], fd, ref_fd, target)
+        s["ratio_c"] = _speed(s["steps"], fd, peer_fd, peer_fd[:, i_ref])  # (c): the best peer's FD at ref_step
     reference = dict(best_repa=best, best_peer=peer, ref_step=ref_step, target_a=ref_fd[:, i_ref].tolist(), target_b=2 * floor,
                      floor=floor)
     return summary, reference
@@ -101,11 +103,9 @@ def versus(summary, base: str, ref_step: int) -> dict:
         if label == base:
             continue
         fd = np.array(s["fd_seeds"])
-        r = stats.steps_ratios(s["steps"], fd, ref_fd, target)
-        iv = stats.ratio_interval(r["ratios"])
+        r = _speed(s["steps"], fd, ref_fd, target)
         end = stats.paired_differences(fd, ref_fd)[-1]
-        out[label] = dict(ratio=iv, speed=stats.speed_verdict(iv, r["censored"], r["ref_censored"]),
-                          end=end, level=stats.level_verdict(end))
+        out[label] = dict(ratio=r["interval"], speed=r["verdict"], end=end, level=stats.level_verdict(end))
     return out
 
 

@@ -130,9 +130,8 @@ def build_alignment(arm: Arm, hidden_dim: int, target_dim: int, projector_dim: i
     if kw.get("perceptual_weight", 0) > 0:
         from data import VGGPerceptual
 
-        extra = dict(perceptual_net=VGGPerceptual(),
-                     decode=(lambda z: decode(z).clamp(-1, 1).expand(-1, 3, -1, -1)) if decode is not None
-                     else (lambda x: x.clamp(-1, 1).expand(-1, 3, -1, -1)))
+        to_image = decode if decode is not None else (lambda x: x)
+        extra = dict(perceptual_net=VGGPerceptual(), decode=lambda z: to_image(z).clamp(-1, 1).expand(-1, 3, -1, -1))
     return VRPOAlignment(hidden_dim=hidden_dim, target_dims=(target_dim,), mode=arm.mode, **kw, **extra)
 
 
