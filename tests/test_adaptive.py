@@ -19,7 +19,7 @@ B, N, D, C, K = 8, 4, 6, 5, 4
 
 
 def _align(**kw):
-    base = dict(hidden_dim=D, target_dims=(C,), projector_dim=16, time_bins=K, adaptive="agreement")
+    base = dict(hidden_dim=D, target_dims=(C,), projector_dim=16, time_bins=K, adaptive="agreement", metrics_every=1)
     base.update(kw)
     return VRPOAlignment(**acting_only(base))  # the base's options where they act (time_bins, projector_dim)
 
@@ -179,7 +179,7 @@ def test_a_second_backward_replaces_the_measurement():
 
 def test_achievability_aligns_more_where_alignment_is_achieved():
     align = VRPOAlignment(hidden_dim=None, target_dims=(C,), time_bins=K, adaptive="achievability", adaptive_gain=10.0,
-                          adaptive_min=0.1, adaptive_max=3.0)
+                          adaptive_min=0.1, adaptive_max=3.0, metrics_every=1)
     t = (torch.arange(64) + 0.5) / 64
     y = torch.randn(64, N, C)
     feats = y + 3 * t.view(-1, 1, 1) * torch.randn(64, N, C)  # the cosine falls with t
@@ -201,6 +201,22 @@ def test_strength_bounds_and_unit_mean(gain):
     assert mean_strength == pytest.approx(1.0, abs=1e-5 if gain < 1 else 0.2)  # exact unless the bounds bite
 
 
+def test_strength_acts_and_learns_on_every_call_its_metrics_follow_metrics_every():
+    """In mode 'vrpo' the per-bin metrics are built on the metric calls only (metrics_every); the
+    statistics take in every call's batch and every call's loss carries the strength."""
+    every = _align(adaptive="achievability", hidden_dim=None, target_dims=(C,), adaptive_gain=5.0, metrics_every=1)
+    sparse = _align(adaptive="achievability", hidden_dim=None, target_dims=(C,), adaptive_gain=5.0, metrics_every=3)
+    g = torch.Generator().manual_seed(3)
+    for call in range(4):
+        t, y = torch.rand(B, generator=g), torch.randn(B, N, C, generator=g)
+        feats = y + 3 * t.view(-1, 1, 1) * torch.randn(B, N, C, generator=g)
+        a, b = every(feats, y, t=t), sparse(feats, y, t=t)
+        assert ("adaptive/strength/bin0" in b.metrics) == (call % 3 == 0)
+        torch.testing.assert_close(b.per_sample, a.per_sample)  # the same strength on every call
+        torch.testing.assert_close(sparse.adaptive.stats.count, every.adaptive.stats.count)
+    assert every.adaptive.stats.count.sum() == 4 * B
+
+
 def test_hand_computed_strength():
     # two bins, means 0 and 1, unit variances, equal counts: z = -/+ 0.5 / (1 + 1e-4)
     from vrpo_loss.factors.adaptive import bin_strength
@@ -213,7 +229,7 @@ def test_hand_computed_strength():
 def test_terminate_gate_decays_only_while_alignment_stops_paying():
     m = 0.25
     align = VRPOAlignment(hidden_dim=None, target_dims=(C,), time_bins=K, adaptive="achievability", adaptive_terminate=True,
-                          adaptive_momentum=m)
+                          adaptive_momentum=m, metrics_every=1)
     y, t, noise = torch.randn(16, N, C), torch.rand(16), torch.randn(16, N, C)
     for scale in (4.0, 2.0, 1.0, 0.5):  # the cosine improves every step: no decay
         out = align(y + scale * noise, y, t=t)
@@ -307,7 +323,7 @@ def test_torch_compile_without_recompiles(backend):
     model, align = _Model(), _align(adaptive_terminate=True, metrics_every=2, diagnostics_every=2)
     eager = copy.deepcopy(align)
     compiled = torch.compile(align, backend=backend)
-    batches = _batches(6)
+    batches = _batches(7)  # the last call a metric call
     _train(model, compiled, batches[:2])
     with torch._dynamo.config.patch(error_on_recompile=True):
         got = _train(model, compiled, batches[2:])

@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 
 import pytest
+import torch
 
 PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
 
@@ -90,6 +91,26 @@ def test_vrpo_adds_at_most_60_ops_over_repa_at_defaults(overhead):
     assert rows["vrpo"]["extra_top_mean"] <= 60  # mean over the period
     assert rows["vrpo"]["top_min"] - rows["repa"]["top_min"] <= 60  # every off step
     assert rows["vrpo"]["top_max"] > rows["vrpo"]["top_min"]  # the metric step does the full metrics
+
+
+def test_adaptive_strength_reads_the_anchors_cosine_and_builds_metrics_on_metric_steps_only(overhead):
+    """Deterministic: ``adaptive="achievability"`` computes no second cosine (the same norms as VRPO's
+    defaults on every step) and its per-bin metrics come on the metric step only (its off steps all
+    cost the same, 90 ops or fewer over VRPO's: binning, the statistics' update, the strengths)."""
+    args = overhead.parse(["--presets", "tiny", "--batch", "2", "--arms", "vrpo", "adaptive"])
+    arms = {k: m for k, m in overhead.build_arms(args, 64, "cpu", compile_align=False).items()
+            if k in ("vrpo", "vrpo-achievability")}
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(2, 16, 64, generator=g).requires_grad_(True), torch.randn(2, 16, args.target_dim, generator=g),
+              torch.rand(2, generator=g), torch.rand(2, generator=g))
+    per = {k: overhead.count_period(m, inputs, 3) for k, m in arms.items()}
+    norms = {k: [c["by_name"].get("aten::linalg_vector_norm", 0) for c in v] for k, v in per.items()}
+    assert norms["vrpo-achievability"] == norms["vrpo"]
+    off = [c["top"] for c in per["vrpo-achievability"][1:]]
+    assert off[0] == off[1] and off[0] - per["vrpo"][1]["top"] <= 90
+    extra = [a["by_name"].get("aten::unbind", 0) - v["by_name"].get("aten::unbind", 0)
+             for a, v in zip(per["vrpo-achievability"], per["vrpo"])]
+    assert extra[0] == extra[1] + 2  # the per-bin metrics (strengths, running cosines): on the metric step only
 
 
 def test_lpips_arm_runs_the_perceptual_head_on_every_step(overhead, monkeypatch):

@@ -54,13 +54,18 @@ def test_functional_equals_the_module_loss_and_gradient(group, monkeypatch):
     kw.setdefault("hidden_dim", None)
     align = VRPOAlignment(target_dims=(C,), decodability_patch=2, **kw)
     seen = {}
-    real = alignment_module.objective
+    real_terms, real_factors = alignment_module.token_terms, alignment_module.factors_and_reduction
 
-    def spy(mus, ys, ctx, cfg, **factors):
-        seen.update(factors, step=ctx.step)
-        return real(mus, ys, ctx, cfg, **factors)
+    def spy_terms(mus, ys, ctx, cfg, **kw):  # the module's pipeline: terms, then factors and reduction
+        seen.update(kw, step=ctx.step)
+        return real_terms(mus, ys, ctx, cfg, **kw)
 
-    monkeypatch.setattr(alignment_module, "objective", spy)
+    def spy_factors(terms, ctx, cfg, **factors):
+        seen.update(factors)
+        return real_factors(terms, ctx, cfg, **factors)
+
+    monkeypatch.setattr(alignment_module, "token_terms", spy_terms)
+    monkeypatch.setattr(alignment_module, "factors_and_reduction", spy_factors)
     for call in range(3):
         x = _inputs(call, d)
         step, before = align.step, (align.clock.step, align.clock.micro)

@@ -31,7 +31,7 @@ from .factors.adaptive import AdaptiveStrength
 from .factors.sample_weight import sample_weight
 from .factors.stop import connected_zero, stop_factor
 from .functional import resample_grid
-from .objective import objective
+from .objective import factors_and_reduction, token_terms
 from .output import VRPOOutput
 from .policies import policy_from_config, take_policy
 from .projector import projectors_from_config
@@ -165,8 +165,9 @@ class VRPOAlignment(nn.Module):
 
     def _align(self, features, targets, ctx: RewardContext, commit: Optional[torch.Tensor],
                scale: Optional[torch.Tensor], when: Optional[Tuple[bool, bool]]) -> VRPOOutput:
-        """The pipeline (:mod:`vrpo_loss.objective`): targets, projection, then the stateful factors
-        (adaptive strength, sample weight) computed here and the rest in :func:`objective`."""
+        """The pipeline (:mod:`vrpo_loss.objective`): targets, projection, the per-token terms, then the
+        factors (the stateful ones, sample weight and adaptive strength, computed here from running
+        statistics; the adaptive strength from the terms' anchor) and the reduction."""
         cfg = self.config
         if self.adaptive is not None:
             features = self.adaptive.attach(features)  # the agreement probe (an identity view of h)
@@ -174,16 +175,20 @@ class VRPOAlignment(nn.Module):
         with torch.autocast(device_type=mus[0].device.type, enabled=False):
             mus = [m.float() for m in mus]
             ys = prepare_targets(targets, norm=cfg.target_norm, alpha=cfg.zscore_alpha)
-            strength, metrics = (None, {}) if self.adaptive is None else self.adaptive(mus, ys, ctx.t, commit)
-            full, diag, weight = False, False, None
+            full, diag, weight, metrics = False, False, None, {}
             if cfg.mode == "vrpo":
                 full, diag = when
                 ctx = dataclasses.replace(ctx, step=self._step_if_read())
                 self._check_heads(mus, ctx)
                 if self._sample_stage_runs(full):
                     weight = self._sample_weight(ctx, mus[0].shape[0], mus[0].device, commit, metrics if full else None)
-            out = objective(mus, ys, ctx, cfg, policy=self.policy, heads=list(self.token_heads), weight=weight,
-                            strength=strength, stop_scale=scale, metrics=full, diagnostics=diag)
+            terms = token_terms(mus, ys, ctx, cfg, policy=self.policy, heads=list(self.token_heads), metrics=full,
+                                diagnostics=diag)
+            strength = None
+            if self.adaptive is not None:  # reads the anchor term's cosines; its metrics where the others are full
+                strength, am = self.adaptive(1 - terms.terms["anchor"], ctx.t, commit, metrics=full or cfg.mode == "repa")
+                metrics.update(am)
+            out = factors_and_reduction(terms, ctx, cfg, weight=weight, strength=strength, stop_scale=scale, metrics=full)
         out.metrics.update({k: v.detach() for k, v in metrics.items()})
         return out
 
@@ -202,13 +207,12 @@ class VRPOAlignment(nn.Module):
         samples only (alone: unchanged).
         """
         cfg = self.config
-        if self.adaptive is not None:
-            ys = prepare_targets(targets, norm=cfg.target_norm, alpha=cfg.zscore_alpha)
-            self.adaptive(ys, ys, ctx.t, commit)
-        if cfg.mode == "vrpo" and self._sample_stage_runs(when[0]):  # as on the other ranks this call
+        if cfg.mode == "vrpo" and self._sample_stage_runs(when[0]):  # as on the other ranks this call, in their order
             self._check_heads(features, ctx)
             ctx = dataclasses.replace(ctx, step=self._step_if_read())
             self._sample_weight(ctx, 0, features[0].device, commit, {})
+        if self.adaptive is not None:
+            self.adaptive(features[0].new_zeros(0), ctx.t, commit, metrics=False)
         return self._zero(features, {})
 
     def _sample_weight(self, ctx: RewardContext, batch: int, device, commit: Optional[torch.Tensor],

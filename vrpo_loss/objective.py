@@ -19,7 +19,7 @@ reduced to a per-sample value and returned by name in ``VRPOOutput.terms`` (REPA
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 
@@ -36,7 +36,7 @@ from .structure import structure_loss
 from .targets import prepare_targets
 from .validation import as_list
 
-__all__ = ["alignment_loss", "objective"]
+__all__ = ["Terms", "alignment_loss", "factors_and_reduction", "objective", "token_terms"]
 
 Tokens = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -117,33 +117,55 @@ def objective(mus: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], ctx: Rewa
         mus[e]: (B, N, C_e) projected tokens in fp32, with gradient; ys[e]: (B, N, C_e) the prepared
         targets (:func:`~vrpo_loss.targets.prepare_targets`).
     """
-    align, terms, aux, m = _terms(mus, ys, ctx, cfg, policy, heads, metrics, diagnostics)
+    return factors_and_reduction(token_terms(mus, ys, ctx, cfg, policy=policy, heads=heads, metrics=metrics,
+                                             diagnostics=diagnostics),
+                                 ctx, cfg, weight=weight, strength=strength, stop_scale=stop_scale, metrics=metrics)
+
+
+class Terms(NamedTuple):
+    """What the per-token terms stage gives the factors: ``align`` (B,) the coefficient-weighted sum of
+    the alignment terms, with gradient; ``terms`` by name, each (B,) detached (``terms["anchor"]`` is
+    ``1 - mean_n cos(mu, y)`` over encoders, in every mode: the semantic reward the adaptive strength
+    reads); ``aux`` the heads' own losses, each (B,); ``metrics`` so far."""
+    align: torch.Tensor
+    terms: Dict[str, torch.Tensor]
+    aux: List[torch.Tensor]
+    metrics: Metrics
+
+
+def factors_and_reduction(t: Terms, ctx: RewardContext, cfg: VRPOConfig, *, weight: Optional[torch.Tensor],
+                          strength: Optional[torch.Tensor], stop_scale: Optional[Union[float, torch.Tensor]],
+                          metrics: bool) -> VRPOOutput:
+    """Stages 4 and 5: the per-sample factors (time weight, stop, sample weight, adaptive strength)
+    multiplied into the alignment terms, then the reduction. Shape: weight, strength: (B,) or None."""
     time = time_weight_factor(ctx.t, cfg.time_weight_center, cfg.time_weight_sharpness) if cfg.time_weight == "sigmoid" else None
     factor = combine(time, stop_scale, weight, strength)
+    m = t.metrics
     if time is not None:
         m["weight/time_min"] = time.min().detach()
     if stop_scale is not None:
-        m["stop_scale"] = torch.as_tensor(stop_scale, device=mus[0].device).detach()
-    return reduce_terms(align, factor, aux, terms, m, full=metrics)
+        m["stop_scale"] = torch.as_tensor(stop_scale, device=t.align.device).detach()
+    return reduce_terms(t.align, factor, t.aux, t.terms, m, full=metrics)
 
 
-def _terms(mus, ys, base: RewardContext, cfg: VRPOConfig, policy: Optional[Policy], heads: List[RewardHead],
-           full: bool, diag: bool) -> Tuple[torch.Tensor, dict, List[torch.Tensor], Metrics]:
-    """The per-token terms of every encoder, each reduced to a per-sample value: the alignment sum
-    ``sum_k coeff_k term_k`` (B,), the terms by name (detached), the heads' own losses, and metrics."""
-    metrics: Metrics = {}
+def token_terms(mus, ys, base: RewardContext, cfg: VRPOConfig, *, policy: Optional[Policy], heads: List[RewardHead],
+                metrics: bool, diagnostics: bool) -> Terms:
+    """Stage 3: the per-token terms of every encoder, each reduced to a per-sample value (:class:`Terms`).
+
+    Shape: mus[e], ys[e]: (B, N, C_e) as in :func:`objective`."""
+    m: Metrics = {}
     terms = {}
     if cfg.mode == "repa":  # REPA's value, -cos (its gradient is the anchor's)
         align = repa_projection_loss(mus, ys, reduction="none")
         terms["anchor"] = (1 + align).detach()
         aux: List[torch.Tensor] = []
     else:
-        align, terms, aux = _vrpo_terms(mus, ys, base, cfg, policy, heads, full, diag, metrics)
+        align, terms, aux = _vrpo_terms(mus, ys, base, cfg, policy, heads, metrics, diagnostics, m)
     if cfg.structure_coeff > 0:
         structure = encoder_mean([structure_loss(mu, y) for mu, y in zip(mus, ys)])
         align = align + cfg.structure_coeff * structure
         terms["structure"] = structure.detach()
-    return align, terms, aux, metrics
+    return Terms(align, terms, aux, m)
 
 
 def _vrpo_terms(mus, ys, base, cfg, policy, heads, full, diag, metrics):

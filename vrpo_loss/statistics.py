@@ -43,13 +43,9 @@ def bin_sums(values: torch.Tensor, valid: torch.Tensor, bins: torch.Tensor, n_bi
         values, valid: (..., B); bins: (B,). Output: (3, ..., n_bins).
     """
     dtype = dtype or accumulation_dtype(values.device)
-    x = torch.where(valid, values.to(dtype), torch.zeros((), device=values.device, dtype=dtype))
+    x = torch.where(valid, values.to(dtype), 0.0)
     out = torch.zeros(3, *values.shape[:-1], n_bins, device=values.device, dtype=dtype)
-    last = values.dim() - 1
-    out[0].index_add_(last, bins, valid.to(dtype))
-    out[1].index_add_(last, bins, x)
-    out[2].index_add_(last, bins, x * x)
-    return out
+    return out.index_add_(values.dim(), bins, torch.stack([valid.to(dtype), x, x * x]))  # one launch for the three
 
 
 def moments(sums: torch.Tensor):
@@ -58,9 +54,8 @@ def moments(sums: torch.Tensor):
     Shape: sums (3, ...). Output: three (...).
     """
     cnt = sums[0]
-    mean = sums[1] / cnt.clamp_min(1)
-    var = (sums[2] / cnt.clamp_min(1) - mean.pow(2)).clamp_min(0)
-    return cnt, mean, var
+    mean, square = sums[1:] / cnt.clamp_min(1)
+    return cnt, mean, (square - mean.pow(2)).clamp_min(0)
 
 
 class TimeBinnedNormalizer(nn.Module):
@@ -122,19 +117,19 @@ class TimeBinnedNormalizer(nn.Module):
         Returns: the 0-dim bool on the device saying whether the update was committed (no synchronisation).
         """
         acc = accumulation_dtype(cnt.device)
-        cnt, b_mean, b_var = cnt.to(acc), b_mean.to(acc), b_var.to(acc)
+        cnt, b_mean, b_var = (x if x.dtype == acc else x.to(acc) for x in (cnt, b_mean, b_var))
         mean, var = self.mean.to(acc), self.var.to(acc)
         present = cnt > 0
-        beta = torch.where(self.count > 0, torch.full_like(cnt, self.momentum), torch.ones_like(cnt))
+        beta = torch.full_like(cnt, self.momentum).masked_fill_(self.count == 0, 1.0)  # a bin's first batch sets it
         delta = b_mean - mean
         new_mean = torch.where(present, mean + beta * delta, mean).to(self.mean.dtype)
         new_var = torch.where(present, (1 - beta) * (var + beta * delta.pow(2)) + beta * b_var, var).to(self.var.dtype)
-        ok = (torch.isfinite(new_mean) & torch.isfinite(new_var)).all()
+        ok = torch.isfinite(torch.stack([new_mean, new_var])).all()
         if commit is not None:
             ok = ok & commit
         self.mean.copy_(torch.where(ok, new_mean, self.mean))
         self.var.copy_(torch.where(ok, new_var, self.var))
-        self.count.add_(torch.where(ok, cnt, torch.zeros_like(cnt)).to(self.count.dtype))
+        self.count.add_(torch.where(ok, cnt, 0.0).to(self.count.dtype))
         return ok
 
     def forward(self, rewards: torch.Tensor, mask: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None,

@@ -32,7 +32,6 @@ import torch.nn as nn
 
 from ..config_checks import ADAPTIVE_CHOICES
 from ..distributed import all_reduce_sum
-from ..functional import token_cosine
 from ..statistics import TimeBinnedNormalizer, accumulation_dtype, bin_sums, moments
 from .bounded import bounded_unit_mean
 
@@ -91,7 +90,7 @@ class AdaptiveStrength(nn.Module):
         agreement of the last backward, not yet taken in, travels in ``get_extra_state``.
 
     Shape:
-        forward: mus[e] (B, N, C_e); ys[e] (B, N, C_e) unit targets; t (B,). Output: strength (B,), metrics.
+        forward: cos (B,) the semantic reward; t (B,). Output: strength (B,), metrics.
     """
 
     def __init__(self, *, signal: str, time_bins: int, momentum: float, gain: float, s_min: float, s_max: float,
@@ -167,10 +166,17 @@ class AdaptiveStrength(nn.Module):
             return torch.zeros(3, self.stats.time_bins, device=device, dtype=accumulation_dtype(device))
         return pending.to(device)
 
-    def forward(self, mus: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], t: torch.Tensor,
-                commit: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def forward(self, cos: torch.Tensor, t: torch.Tensor, commit: Optional[torch.Tensor] = None,
+                metrics: bool = True) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Per-sample strengths (detached); in training mode the statistics first take in this call's
         semantic reward and the previous backward's agreement (one all-reduce), unless ``commit`` is False.
+
+        ``cos`` is each sample's semantic reward, ``mean_n cos(mu, y)`` averaged over encoders (the
+        complement of the anchor term that the terms stage computes anyway: no second cosine). The
+        per-bin metrics are built only where ``metrics`` is True.
+
+        Shape:
+            cos: (B,) (detached here); t: (B,). Output: strength (B,), metrics.
         """
         if t is None:
             raise ValueError(f"t: adaptive={self.signal!r} sets one alignment strength per timestep bin and needs t (B,) in [0, 1]")
@@ -180,16 +186,17 @@ class AdaptiveStrength(nn.Module):
             self._probe["bins"] = bins.detach()
         if self.training:
             with torch.no_grad():
-                cos = torch.stack([token_cosine(m.detach().float(), y).mean(-1) for m, y in zip(mus, ys)]).mean(0)
-                sums = [bin_sums(cos, torch.isfinite(cos), bins, self.stats.time_bins)] + ([] if pending is None else [pending])
-                ok = self.stats.update(*moments(all_reduce_sum(torch.stack(sums, dim=1))), commit)
+                cos = cos.detach()
+                sums = bin_sums(cos, torch.isfinite(cos), bins, self.stats.time_bins)
+                sums = sums[:, None] if pending is None else torch.stack([sums, pending], dim=1)
+                ok = self.stats.update(*moments(all_reduce_sum(sums)), commit)
                 if self.terminate:
                     self._decay_gate(ok)  # a refused update (bad input, non-finite statistics) moves no gate
         r = len(self.rows) - 1  # the row that sets the strength
         s = bin_strength(self.stats.mean[r], self.stats.var[r], self.stats.count[r], gain=self.gain, s_min=self.s_min, s_max=self.s_max)
         if self.terminate:
             s = s * self.gate
-        return s[bins].detach(), self._metrics(s.detach())
+        return s[bins].detach(), (self._metrics(s.detach()) if metrics else {})
 
     def _decay_gate(self, commit: Optional[torch.Tensor]) -> None:
         mean, count = self.stats.mean, self.stats.count
