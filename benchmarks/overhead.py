@@ -10,7 +10,7 @@ to REPA, for time and for peak memory:
 - ``vrpo-nodiag``, ``vrpo-novalidate``: the defaults with ``diagnostics_every=0``, with ``validate=False``
   (and ``repa-novalidate``: REPA with ``validate=False``);
 - ``vrpo-gaussian-G<k>``: the Gaussian policy with group size ``k`` (``--groups``);
-- ``vrpo-agreement``, ``vrpo-achievability`` (``--arms adaptive``): the defaults with the adaptive strength;
+- ``vrpo-agreement``, ``vrpo-achievability``, ``vrpo-achievability-every10`` (``--arms adaptive``): the defaults with the adaptive strength (the last with ``adaptive_every=10``);
 - ``vrpo+lpips``: the defaults plus the perceptual reward computed on *every* step and used as the
   sample weight (``sample_weight=1``; its per-call cost; divide the difference to ``vrpo`` by
   ``perceptual_every`` for the amortised cost).
@@ -210,6 +210,9 @@ def build_arms(args, hidden: int, device, compile_align: Optional[bool] = None) 
     if "adaptive" in wanted:
         for mode in ("agreement", "achievability"):
             arms[f"vrpo-{mode}"] = VRPOAlignment(**base, **{**extra, "adaptive": mode})
+        # the statistics on the metric steps only (adaptive_every = metrics_every, 10)
+        arms["vrpo-achievability-every10"] = VRPOAlignment(**base, **{**extra, "adaptive": "achievability",
+                                                                      "adaptive_every": 10})
     if "gaussian" in wanted:
         for g in args.groups:
             arms[f"vrpo-gaussian-G{g}"] = VRPOAlignment(**base, **{**extra, "policy": "gaussian", "group_size": g})
@@ -354,7 +357,8 @@ def count_period(align: nn.Module, inputs: tuple, steps: int) -> List[dict]:
 def op_counts(args, hidden: int, batch: int, device, log=print) -> List[dict]:
     """Top-level and all ATen ops per training step of the alignment module alone (projector inside, ``t``
     and ``denoise_loss`` passed), for REPA and the VRPO arms, over one period of VRPO's metric schedule."""
-    keep = {"repa", "vrpo", "vrpo-nodiag", "vrpo-novalidate", "repa-novalidate", "vrpo-agreement", "vrpo-achievability"}
+    keep = {"repa", "vrpo", "vrpo-nodiag", "vrpo-novalidate", "repa-novalidate", "vrpo-agreement", "vrpo-achievability",
+            "vrpo-achievability-every10"}
     arms = {k: m for k, m in build_arms(args, hidden, device, compile_align=False).items() if k in keep}
     cfgs = [m.config for k, m in arms.items() if k.startswith("vrpo")]
     steps = max([math.lcm(c.metrics_every, max(1, c.diagnostics_every)) for c in cfgs] or [1])

@@ -253,6 +253,85 @@ def test_terminate_gate_decays_when_agreement_turns_negative():
     assert gates[0] == 1.0 and gates[1] == 0.5 and gates[2] == 0.25
 
 
+# ----- adaptive_every: updates on a schedule, the last strengths between -----------------------------
+
+def _achievability(**kw):
+    return VRPOAlignment(hidden_dim=None, target_dims=(C,), time_bins=K, adaptive="achievability", adaptive_gain=5.0,
+                         metrics_every=1, **kw)
+
+
+def _calls(n, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        t, y = torch.rand(B, generator=g), torch.randn(B, N, C, generator=g)
+        out.append((y + 3 * t.view(-1, 1, 1) * torch.randn(B, N, C, generator=g), y, t))
+    return out
+
+
+@pytest.mark.parametrize("terminate", [False, True])
+def test_every_k_steps_equals_every_step_on_the_update_steps_alone(terminate):
+    """adaptive_every=3 over 7 calls: the statistics (and the gate) equal those of adaptive_every=1 fed
+    calls 0, 3 and 6 alone; calls 1-2 and 4-5 apply the strengths of the update before them."""
+    sched, ref = _achievability(adaptive_every=3, adaptive_terminate=terminate), _achievability(adaptive_terminate=terminate)
+    plain = VRPOAlignment(hidden_dim=None, target_dims=(C,), metrics_every=1)
+    table = None
+    for i, (f, y, t) in enumerate(_calls(7)):
+        out = sched(f, y, t=t)
+        if i % 3 == 0:
+            want = ref(f, y, t=t)
+            table = _strengths(want)
+            torch.testing.assert_close(out.per_sample, want.per_sample)
+        strength = table[torch.tensor(_bins(t))]  # the last update's strengths, per sample
+        torch.testing.assert_close(out.per_sample, strength * plain(f, y, t=t).per_sample)
+        torch.testing.assert_close(_strengths(out), table)
+    for name, v in ref.adaptive.state_dict().items():
+        if name != "_extra_state":
+            torch.testing.assert_close(sched.adaptive.state_dict()[name], v, msg=name)
+    assert sched.adaptive.stats.count.sum() == 3 * B
+
+
+def test_every_k_steps_follows_the_optimizer_step_under_accumulation():
+    # accumulation_steps=2, adaptive_every=2: the two calls of steps 0 and 2 update, those of steps 1 and 3 do not
+    align = _achievability(adaptive_every=2, accumulation_steps=2)
+    counts = []
+    for f, y, t in _calls(8):
+        align(f.requires_grad_(True), y, t=t)
+        counts.append(int(align.adaptive.stats.count.sum()) // B)
+    assert counts == [1, 2, 2, 2, 3, 4, 4, 4]
+
+
+def test_agreement_taken_in_at_an_update_is_the_last_backwards():
+    torch.manual_seed(6)
+    model, align = _Model(), _align(mode="repa", adaptive_every=2)
+    batches = _batches(3)
+    _train(model, align, batches[:2])  # call 0 updates (nothing pending yet), call 1 does not
+    assert align.adaptive.stats.count[1].sum() == 0
+    pending = align.adaptive._pending.clone()  # call 1's backward (call 0's was overwritten)
+    before = align.adaptive.stats.mean[1].clone()
+    _train(model, align, batches[2:])  # call 2 updates with call 1's agreement
+    assert align.adaptive.stats.count[1].sum() == pending[0].sum() == B
+    cnt, mean = pending[0], pending[1] / pending[0].clamp_min(1)
+    want = torch.where(cnt > 0, mean, before)  # a bin's first batch sets its mean
+    torch.testing.assert_close(align.adaptive.stats.mean[1], want.float())
+
+
+def test_strengths_after_a_load_come_from_the_loaded_statistics():
+    a = _achievability(adaptive_every=5)
+    calls = _calls(3)
+    for f, y, t in calls[:2]:
+        a(f, y, t=t)  # call 0 updates; call 1 applies its strengths
+    b = _achievability(adaptive_every=5)
+    f, y, t = _calls(1, seed=11)[0]
+    b(f, y, t=t)  # b's own update (other strengths), then b is loaded
+    b.load_state_dict(copy.deepcopy(a.state_dict()))  # the step travels: b's next call updates nothing
+    f, y, t = calls[2]
+    sa, sb = a(f, y, t=t), b(f, y, t=t)
+    assert b.step == a.step == 3 and not torch.equal(_strengths(sa), torch.ones(K))
+    torch.testing.assert_close(sb.per_sample, sa.per_sample)
+    torch.testing.assert_close(_strengths(sb), _strengths(sa))
+
+
 # ----- state, DDP, compile -----------------------------------------------------------------------------
 
 def test_state_dict_round_trip_of_every_statistic():
@@ -275,11 +354,11 @@ def test_state_dict_round_trip_of_every_statistic():
 DDP_KW = dict(adaptive_terminate=True, adaptive_momentum=0.3)
 
 
-def _ddp_worker(rank, world, port, out):
+def _ddp_worker(rank, world, port, out, every):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model, align = _Model(), _align(**DDP_KW)
+    model, align = _Model(), _align(**DDP_KW, adaptive_every=every)
     ddp = torch.nn.parallel.DistributedDataParallel(align)
     half = slice(rank * B // 2, (rank + 1) * B // 2)
     for batch in _batches(4):
@@ -297,14 +376,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_statistics_are_all_reduced_across_ranks():
+@pytest.mark.parametrize("every,taken", [(1, 3), (3, 1)])
+def test_statistics_are_all_reduced_across_ranks(every, taken):
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), out, every), nprocs=2, join=True)
     torch.manual_seed(0)
-    model, single = _Model(), _align(**DDP_KW)
+    model, single = _Model(), _align(**DDP_KW, adaptive_every=every)
     _train(model, single, _batches(4))
-    assert single.adaptive.stats.count[1].sum() == 3 * B  # three backwards taken in, the fourth pending
+    # every call: three backwards taken in, the fourth pending; every 3: calls 0 and 3 update, the
+    # second takes in call 2's backward, the fourth backward is pending
+    assert single.adaptive.stats.count[1].sum() == taken * B
     for k, v in single.adaptive.state_dict().items():
         if k == "_extra_state":
             continue
@@ -313,14 +395,14 @@ def test_statistics_are_all_reduced_across_ranks():
     torch.testing.assert_close(out["pending0"] + out["pending1"], single.adaptive._pending)  # rank-local until taken in
 
 
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_torch_compile_without_recompiles(backend):
+@pytest.mark.parametrize("backend,every", [("eager", 1), ("aot_eager", 1), ("aot_eager", 2)])
+def test_torch_compile_without_recompiles(backend, every):
     import torch._dynamo
 
     torch._dynamo.reset()
     torch.manual_seed(4)
-    # metrics every 2 calls: one graph for a metric call, one for the others, each compiled once
-    model, align = _Model(), _align(adaptive_terminate=True, metrics_every=2, diagnostics_every=2)
+    # metrics (and updates) every 2 calls: one graph for a metric call, one for the others, each compiled once
+    model, align = _Model(), _align(adaptive_terminate=True, metrics_every=2, diagnostics_every=2, adaptive_every=every)
     eager = copy.deepcopy(align)
     compiled = torch.compile(align, backend=backend)
     batches = _batches(7)  # the last call a metric call

@@ -93,6 +93,7 @@ def valid_options(draw):
         metrics_every=draw(st.integers(1, 3)), accumulation_steps=draw(st.integers(1, 3)),
         adaptive=adaptive, adaptive_gain=f(0.1, 5.0), adaptive_min=f(0.0, 1.0), adaptive_max=f(1.0, 5.0),
         adaptive_momentum=f(1e-3, 1.0), adaptive_terminate=adaptive != "none" and draw(st.booleans()),
+        adaptive_every=draw(st.integers(1, 3)) if adaptive != "none" else 1,
     ))
 
 
@@ -169,6 +170,7 @@ INVALID = {
     "adaptive_max": (_reals(1.0) + [0.9], {"adaptive": "achievability"}),
     "adaptive_momentum": (_reals(0.0, 1.0, open_low=True), {"adaptive": "achievability"}),
     "adaptive_terminate": (BOOL + [True], {}),
+    "adaptive_every": (_ints(1), {"adaptive": "achievability"}),
     "accumulation_steps": (_ints(1), {}),
 }
 CASES = [(name, v, ctx) for name, (values, ctx) in INVALID.items() for v in values]

@@ -46,7 +46,7 @@ def test_tiny_run_adaptive_arms(overhead):
     argv = ["--presets", "tiny", "--batch", "2", "--warmup", "1", "--steps", "2", "--threads", "1", "--no-memory",
             "--arms", "repa", "adaptive"]
     rows = {r["arm"]: r for r in overhead.main(argv, log=None)["rows"]}
-    assert set(rows) == {"repa", "vrpo-agreement", "vrpo-achievability"}
+    assert set(rows) == {"repa", "vrpo-agreement", "vrpo-achievability", "vrpo-achievability-every10"}
     assert all(r["time_ratio"] == pytest.approx(r["median_s"] / rows["repa"]["median_s"]) for r in rows.values())
 
 

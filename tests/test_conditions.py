@@ -77,6 +77,7 @@ PROBES = {
     "adaptive_max": ({"adaptive": "achievability", "adaptive_gain": 5.0}, 1.05),
     "adaptive_momentum": ({"adaptive": "achievability"}, 0.9),
     "adaptive_terminate": ({"adaptive": "achievability"}, True),
+    "adaptive_every": ({"adaptive": "achievability", "adaptive_gain": 5.0}, 2),
     "metrics_every": ({}, 2),
     "diagnostics_every": ({}, 0),
 }

@@ -64,6 +64,7 @@ EMPTY_CONFIGS = {
     "peers": {**KW, "target_norm": "zscore", "time_weight": "sigmoid", "structure_coeff": 0.5, "stop_step": 2, "stop_ramp": 1},
     "adaptive-agreement": {**KW, "adaptive": "agreement", "adaptive_terminate": True},
     "adaptive-repa": acting_only({**KW, "mode": "repa", "adaptive": "achievability"}),
+    "adaptive-every": {**KW, "adaptive": "agreement", "adaptive_every": 2},  # the empty step 1 updates nothing
     "metric-steps-only": {**KW, "sample_weight": 0.0, "metrics_every": 2},  # the sample stage on steps 0 and 2 only
 }
 

@@ -186,7 +186,8 @@ class VRPOAlignment(nn.Module):
                                 diagnostics=diag)
             strength = None
             if self.adaptive is not None:  # reads the anchor term's cosines; its metrics where the others are full
-                strength, am = self.adaptive(1 - terms.terms["anchor"], ctx.t, commit, metrics=full or cfg.mode == "repa")
+                strength, am = self.adaptive(1 - terms.terms["anchor"], ctx.t, commit, metrics=full or cfg.mode == "repa",
+                                             update=self._adaptive_update())
                 metrics.update(am)
             out = factors_and_reduction(terms, ctx, cfg, weight=weight, strength=strength, stop_scale=scale, metrics=full)
         out.metrics.update({k: v.detach() for k, v in metrics.items()})
@@ -212,7 +213,7 @@ class VRPOAlignment(nn.Module):
             ctx = dataclasses.replace(ctx, step=self._step_if_read())
             self._sample_weight(ctx, 0, features[0].device, commit, {})
         if self.adaptive is not None:
-            self.adaptive(features[0].new_zeros(0), ctx.t, commit, metrics=False)
+            self.adaptive(features[0].new_zeros(0), ctx.t, commit, metrics=False, update=self._adaptive_update())
         return self._zero(features, {})
 
     def _sample_weight(self, ctx: RewardContext, batch: int, device, commit: Optional[torch.Tensor],
@@ -266,6 +267,12 @@ class VRPOAlignment(nn.Module):
         if not self.training:
             return True, c.diagnostics_every > 0
         return self.step % c.metrics_every == 0, c.diagnostics_every > 0 and self.step % c.diagnostics_every == 0
+
+    @torch.compiler.disable
+    def _adaptive_update(self) -> bool:
+        # Whether the adaptive strength's statistics take this call in (every adaptive_every steps; the
+        # same on every rank, so its all-reduce stays matched). Eager under torch.compile, as _schedule.
+        return self.step % self.config.adaptive_every == 0
 
     def _sample_stage_runs(self, full: bool) -> bool:
         # At sample_weight 0 the built-in heads' stage feeds only metrics: it runs on metric steps only.

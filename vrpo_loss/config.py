@@ -103,7 +103,8 @@ class VRPOConfig:
     adaptive_gain: float = _opt(1.0, "Adaptive strength: s_k = clamp(1 + gain * z_k, adaptive_min, adaptive_max), z_k bin k's running signal against the mean over bins in pooled within-bin stds, then divided by its mean.", group="adaptive strength", when=conditions.ADAPTIVE)
     adaptive_min: float = _opt(0.1, "Adaptive strength: lower bound of the per-bin strength (mean about 1).", group="adaptive strength", when=conditions.ADAPTIVE)
     adaptive_max: float = _opt(2.0, "Adaptive strength: upper bound of the per-bin strength (mean about 1).", group="adaptive strength", when=conditions.ADAPTIVE)
-    adaptive_momentum: float = _opt(0.05, "Adaptive strength: EMA momentum of its per-bin statistics; also the gate's decay per call with adaptive_terminate.", group="adaptive strength", when=conditions.ADAPTIVE)
+    adaptive_momentum: float = _opt(0.05, "Adaptive strength: EMA momentum of its per-bin statistics (per update: every adaptive_every steps); also the gate's decay per update with adaptive_terminate.", group="adaptive strength", when=conditions.ADAPTIVE)
+    adaptive_every: int = _opt(1, "Adaptive strength: its statistics take in the batch of one optimizer step in this many (steps 0, k, 2k, ...), and the strengths are recomputed then; the steps between apply the last strengths with no statistics work (about 6 ops per call instead of about 90; docs/performance.md). With 'agreement', what is taken in is the agreement of the last backward before the update. 1: every step.", group="adaptive strength", when=conditions.ADAPTIVE)
     adaptive_terminate: bool = _opt(False, "Adaptive strength: a gate in [0, 1] on every strength that decays while the running agreement is negative or the running cos(mu, y) is not above its best (an adaptive HASTE); it never grows back.", group="adaptive strength", when=conditions.ADAPTIVE)
 
     def __post_init__(self) -> None:

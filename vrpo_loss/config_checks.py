@@ -188,6 +188,7 @@ FIELDS: Dict[str, Callable[[str, Any], Any]] = {
     "adaptive_min": _NONNEG,
     "adaptive_max": _POS,
     "adaptive_momentum": Real(0.0, 1.0, open_low=True),
+    "adaptive_every": Int(1),
     "adaptive_terminate": Bool(),
 }
 

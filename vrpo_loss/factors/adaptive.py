@@ -96,6 +96,10 @@ class AdaptiveStrength(nn.Module):
     def __init__(self, *, signal: str, time_bins: int, momentum: float, gain: float, s_min: float, s_max: float,
                  terminate: bool = False):
         super().__init__()
+        # the strengths of the last update (the gate included); a buffer, so it moves with the module, but
+        # not saved: recomputed from the statistics on an update and after a load (``_stale``)
+        self.register_buffer("table", torch.ones(time_bins), persistent=False)
+        self._stale = True
         if signal not in ADAPTIVE_CHOICES[1:]:
             raise ValueError(f"signal: expected 'agreement' or 'achievability', got {signal!r}")
         self.signal, self.gain, self.s_min, self.s_max, self.terminate = signal, gain, s_min, s_max, terminate
@@ -121,6 +125,7 @@ class AdaptiveStrength(nn.Module):
 
     def set_extra_state(self, state):
         self._pending = state.get("pending")
+        self._stale = True  # the statistics are being loaded: the next call recomputes the strengths
 
     @torch.compiler.disable
     def attach(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -167,9 +172,11 @@ class AdaptiveStrength(nn.Module):
         return pending.to(device)
 
     def forward(self, cos: torch.Tensor, t: torch.Tensor, commit: Optional[torch.Tensor] = None,
-                metrics: bool = True) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Per-sample strengths (detached); in training mode the statistics first take in this call's
-        semantic reward and the previous backward's agreement (one all-reduce), unless ``commit`` is False.
+                metrics: bool = True, update: bool = True) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Per-sample strengths (detached); on an update call in training mode (``update``; the module
+        says which: every ``adaptive_every`` steps) the statistics first take in this call's semantic
+        reward and the last backward's agreement (one all-reduce), unless ``commit`` is False, and the
+        strengths are recomputed; the other calls apply the last strengths.
 
         ``cos`` is each sample's semantic reward, ``mean_n cos(mu, y)`` averaged over encoders (the
         complement of the anchor term that the terms stage computes anyway: no second cosine). The
@@ -180,11 +187,12 @@ class AdaptiveStrength(nn.Module):
         """
         if t is None:
             raise ValueError(f"t: adaptive={self.signal!r} sets one alignment strength per timestep bin and needs t (B,) in [0, 1]")
-        pending = self._take_pending(t.device) if self.training and self.signal == "agreement" else None
+        learn = self.training and update
+        pending = self._take_pending(t.device) if learn and self.signal == "agreement" else None
         bins = self.stats.bins(t)
         if self._probe is not None:
             self._probe["bins"] = bins.detach()
-        if self.training:
+        if learn:
             with torch.no_grad():
                 cos = cos.detach()
                 sums = bin_sums(cos, torch.isfinite(cos), bins, self.stats.time_bins)
@@ -192,11 +200,19 @@ class AdaptiveStrength(nn.Module):
                 ok = self.stats.update(*moments(all_reduce_sum(sums)), commit)
                 if self.terminate:
                     self._decay_gate(ok)  # a refused update (bad input, non-finite statistics) moves no gate
+        if learn or self._stale:
+            self._refresh()
+        s = self.table
+        return s[bins], (self._metrics(s) if metrics else {})
+
+    def _refresh(self) -> None:
+        # the strengths from the statistics (and the gate), kept until the next update
         r = len(self.rows) - 1  # the row that sets the strength
-        s = bin_strength(self.stats.mean[r], self.stats.var[r], self.stats.count[r], gain=self.gain, s_min=self.s_min, s_max=self.s_max)
-        if self.terminate:
-            s = s * self.gate
-        return s[bins].detach(), (self._metrics(s.detach()) if metrics else {})
+        with torch.no_grad():
+            s = bin_strength(self.stats.mean[r], self.stats.var[r], self.stats.count[r], gain=self.gain,
+                             s_min=self.s_min, s_max=self.s_max)
+            self.table.copy_(s * self.gate if self.terminate else s)
+        self._stale = False
 
     def _decay_gate(self, commit: Optional[torch.Tensor]) -> None:
         mean, count = self.stats.mean, self.stats.count
