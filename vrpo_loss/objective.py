@@ -133,19 +133,19 @@ class Terms(NamedTuple):
     metrics: Metrics
 
 
-def factors_and_reduction(t: Terms, ctx: RewardContext, cfg: VRPOConfig, *, weight: Optional[torch.Tensor],
+def factors_and_reduction(terms: Terms, ctx: RewardContext, cfg: VRPOConfig, *, weight: Optional[torch.Tensor],
                           strength: Optional[torch.Tensor], stop_scale: Optional[Union[float, torch.Tensor]],
                           metrics: bool) -> VRPOOutput:
     """Stages 4 and 5: the per-sample factors (time weight, stop, sample weight, adaptive strength)
     multiplied into the alignment terms, then the reduction. Shape: weight, strength: (B,) or None."""
     time = time_weight_factor(ctx.t, cfg.time_weight_center, cfg.time_weight_sharpness) if cfg.time_weight == "sigmoid" else None
     factor = combine(time, stop_scale, weight, strength)
-    m = t.metrics
+    m = terms.metrics
     if time is not None:
         m["weight/time_min"] = time.min().detach()
     if stop_scale is not None:
-        m["stop_scale"] = torch.as_tensor(stop_scale, device=t.align.device).detach()
-    return reduce_terms(t.align, factor, t.aux, t.terms, m, full=metrics)
+        m["stop_scale"] = torch.as_tensor(stop_scale, device=terms.align.device).detach()
+    return reduce_terms(terms.align, factor, terms.aux, terms.terms, m, full=metrics)
 
 
 def token_terms(mus, ys, base: RewardContext, cfg: VRPOConfig, *, policy: Optional[Policy], heads: List[RewardHead],
