@@ -177,9 +177,14 @@ def test_a_second_backward_replaces_the_measurement():
 
 # ----- achievability, bounds, termination -------------------------------------------------------------
 
+def _achievability(**kw):
+    """The achievability signal on projected tokens (``hidden_dim=None``), its metrics on every call."""
+    return VRPOAlignment(**{**dict(hidden_dim=None, target_dims=(C,), time_bins=K, adaptive="achievability",
+                                   metrics_every=1), **kw})
+
+
 def test_achievability_aligns_more_where_alignment_is_achieved():
-    align = VRPOAlignment(hidden_dim=None, target_dims=(C,), time_bins=K, adaptive="achievability", adaptive_gain=10.0,
-                          adaptive_min=0.1, adaptive_max=3.0, metrics_every=1)
+    align = _achievability(adaptive_gain=10.0, adaptive_min=0.1, adaptive_max=3.0)
     t = (torch.arange(64) + 0.5) / 64
     y = torch.randn(64, N, C)
     feats = y + 3 * t.view(-1, 1, 1) * torch.randn(64, N, C)  # the cosine falls with t
@@ -228,8 +233,7 @@ def test_hand_computed_strength():
 
 def test_terminate_gate_decays_only_while_alignment_stops_paying():
     m = 0.25
-    align = VRPOAlignment(hidden_dim=None, target_dims=(C,), time_bins=K, adaptive="achievability", adaptive_terminate=True,
-                          adaptive_momentum=m, metrics_every=1)
+    align = _achievability(adaptive_terminate=True, adaptive_momentum=m)
     y, t, noise = torch.randn(16, N, C), torch.rand(16), torch.randn(16, N, C)
     for scale in (4.0, 2.0, 1.0, 0.5):  # the cosine improves every step: no decay
         out = align(y + scale * noise, y, t=t)
@@ -255,11 +259,6 @@ def test_terminate_gate_decays_when_agreement_turns_negative():
 
 # ----- adaptive_every: updates on a schedule, the last strengths between -----------------------------
 
-def _achievability(**kw):
-    return VRPOAlignment(hidden_dim=None, target_dims=(C,), time_bins=K, adaptive="achievability", adaptive_gain=5.0,
-                         metrics_every=1, **kw)
-
-
 def _calls(n, seed=5):
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -273,7 +272,8 @@ def _calls(n, seed=5):
 def test_every_k_steps_equals_every_step_on_the_update_steps_alone(terminate):
     """adaptive_every=3 over 7 calls: the statistics (and the gate) equal those of adaptive_every=1 fed
     calls 0, 3 and 6 alone; calls 1-2 and 4-5 apply the strengths of the update before them."""
-    sched, ref = _achievability(adaptive_every=3, adaptive_terminate=terminate), _achievability(adaptive_terminate=terminate)
+    sched = _achievability(adaptive_gain=5.0, adaptive_every=3, adaptive_terminate=terminate)
+    ref = _achievability(adaptive_gain=5.0, adaptive_terminate=terminate)
     plain = VRPOAlignment(hidden_dim=None, target_dims=(C,), metrics_every=1)
     table = None
     for i, (f, y, t) in enumerate(_calls(7)):
@@ -293,7 +293,7 @@ def test_every_k_steps_equals_every_step_on_the_update_steps_alone(terminate):
 
 def test_every_k_steps_follows_the_optimizer_step_under_accumulation():
     # accumulation_steps=2, adaptive_every=2: the two calls of steps 0 and 2 update, those of steps 1 and 3 do not
-    align = _achievability(adaptive_every=2, accumulation_steps=2)
+    align = _achievability(adaptive_gain=5.0, adaptive_every=2, accumulation_steps=2)
     counts = []
     for f, y, t in _calls(8):
         align(f.requires_grad_(True), y, t=t)
@@ -317,11 +317,11 @@ def test_agreement_taken_in_at_an_update_is_the_last_backwards():
 
 
 def test_strengths_after_a_load_come_from_the_loaded_statistics():
-    a = _achievability(adaptive_every=5)
+    a = _achievability(adaptive_gain=5.0, adaptive_every=5)
     calls = _calls(3)
     for f, y, t in calls[:2]:
         a(f, y, t=t)  # call 0 updates; call 1 applies its strengths
-    b = _achievability(adaptive_every=5)
+    b = _achievability(adaptive_gain=5.0, adaptive_every=5)
     f, y, t = _calls(1, seed=11)[0]
     b(f, y, t=t)  # b's own update (other strengths), then b is loaded
     b.load_state_dict(copy.deepcopy(a.state_dict()))  # the step travels: b's next call updates nothing
