@@ -349,6 +349,33 @@ def test_objective_off_step_reports_only_the_reward_means():
         torch.testing.assert_close(off.metrics["rewards/semantic/mean"], full.metrics["rewards/semantic/mean"])
 
 
+def test_gaussian_metrics_stage_runs_on_the_calls_that_report_it(monkeypatch):
+    """Off metric steps the Gaussian policy skips its metrics stage (it costs ops, not values); a diagnostics
+    call off a metric step computes the signal fraction alone, equal to the full call's."""
+    b, n, c = 2, 6, 5
+    mu = torch.randn(b, n, c, requires_grad=True)
+    y = F.normalize(torch.randn(b, n, c), dim=-1)
+    pol, seen = _gauss(target_dims=(c,), group_size=4), []
+    stage = GaussianPolicy._metrics
+
+    def spy(self, *args, **kw):
+        out = stage(self, *args, **kw)
+        seen.append(set(out))
+        return out
+
+    monkeypatch.setattr(GaussianPolicy, "_metrics", spy)
+
+    def call(metrics, diagnostics):
+        return pol.objective(mu, _ctx(y, 0), [SemanticReward()], anchor_coeff=1.0, policy_coeff=1.0,
+                             diagnostics=diagnostics, metrics=metrics)
+
+    full, off, diag = call(True, True), call(False, False), call(False, True)
+    assert seen[0] >= {"sigma", "adv/std", "kl", "signal_frac"} and seen[1:] == [{"signal_frac"}]  # none for `off`
+    assert set(diag.metrics) == {"rewards/semantic/mean", "signal_frac"}
+    torch.testing.assert_close(diag.metrics["signal_frac"], full.metrics["signal_frac"])
+    torch.testing.assert_close(off.loss, full.loss)
+
+
 class _PullToTarget(Policy):
     """A user's policy: the policy term pulls each token towards its own target (REPA's term again),
     so the module's loss is anchor_coeff * anchor + policy_coeff * the same (hand-checkable)."""

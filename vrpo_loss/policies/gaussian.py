@@ -191,10 +191,10 @@ class GaussianPolicy(Policy):
         return g_lin.masked_fill(zero_std.unsqueeze(-1), 0.0)
 
     def objective(self, mu, ctx, heads, *, anchor_coeff, policy_coeff, diagnostics, metrics) -> Objective:
-        pg, m = self._policy_term(mu, ctx, heads, diagnostics=diagnostics)
+        pg, m = self._policy_term(mu, ctx, heads, diagnostics=diagnostics, metrics=metrics)
         return anchored(pg, m, mu, ctx.targets, anchor_coeff=anchor_coeff, policy_coeff=policy_coeff, metrics=metrics)
 
-    def _policy_term(self, mu, ctx, heads, *, diagnostics):
+    def _policy_term(self, mu, ctx, heads, *, diagnostics, metrics):
         cfg = self.config
         b, n, c = mu.shape
         heads = list(heads)
@@ -203,7 +203,7 @@ class GaussianPolicy(Policy):
         s = self._scale(ctx, c, mu.device)
         s0 = s.detach()
         lin = self._reward_gradient(m0, ctx, heads) if cfg.control_variate else None  # (B, N, C)
-        r, res, metrics, kept = self._rewards(m0, s0, ctx, heads, lin)
+        r, res, out, kept = self._rewards(m0, s0, ctx, heads, lin)
         adv, zero_std, std = self._advantages(r, res, lin, s0)
         coef = adv / (cfg.group_size * n)  # (G, B, N): weight of each action's log-prob
         chunks = [(0, kept)] if kept is not None else self._chunks(ctx, m0.shape, m0.device, m0.dtype)
@@ -213,19 +213,23 @@ class GaussianPolicy(Policy):
         if lin is not None:
             g_lin = self._linear_gradient(lin, r, std, zero_std, n, c)
             pg = pg - (g_lin * (m - m0)).sum(dim=(1, 2))
-        metrics.update(self._metrics(mu, ctx.targets, s0, adv, zero_std, S1, g_lin, diagnostics))
-        return pg, metrics
+        if metrics or diagnostics:  # stage 4 on the calls that report it (metrics_every, diagnostics_every)
+            out.update(self._metrics(mu, ctx.targets, s0, adv, zero_std, S1, g_lin, diagnostics, full=metrics))
+        return pg, out
 
     @torch.no_grad()
-    def _metrics(self, mu, y, s0, adv, zero_std, S1, g_lin, diagnostics) -> Metrics:
-        """Stage 4: detached metrics, and the closed-form signal fraction when asked."""
+    def _metrics(self, mu, y, s0, adv, zero_std, S1, g_lin, diagnostics, full=True) -> Metrics:
+        """Stage 4: detached metrics (``full``), and the closed-form signal fraction when asked."""
         cfg = self.config
         c = mu.shape[-1]
         sphere = cfg.space == "sphere"
-        out: Metrics = {"sigma": (s0 * (math.sqrt(c) if sphere else 1.0)).mean(), "adv/std": adv.std(),
-                        "adv/clip_frac": (adv.abs() >= cfg.adv_clip).float().mean(), "frac_zero_std": zero_std.float().mean()}
-        cos = token_cosine(mu, y)
-        out["kl"] = ((1 - cos) / (s0.mean() * math.sqrt(c) if sphere else s0.mean()).pow(2)).mean()
+        out: Metrics = {}
+        if full:
+            out.update({"sigma": (s0 * (math.sqrt(c) if sphere else 1.0)).mean(), "adv/std": adv.std(),
+                        "adv/clip_frac": (adv.abs() >= cfg.adv_clip).float().mean(),
+                        "frac_zero_std": zero_std.float().mean()})
+            cos = token_cosine(mu, y)
+            out["kl"] = ((1 - cos) / (s0.mean() * math.sqrt(c) if sphere else s0.mean()).pow(2)).mean()
         if diagnostics:
             g_m = -S1 / (c * s0.pow(2))  # d pg / d m
             if g_lin is not None:
