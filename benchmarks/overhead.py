@@ -356,10 +356,12 @@ def count_period(align: nn.Module, inputs: tuple, steps: int) -> List[dict]:
 
 def op_counts(args, hidden: int, batch: int, device, log=print) -> List[dict]:
     """Top-level and all ATen ops per training step of the alignment module alone (projector inside, ``t``
-    and ``denoise_loss`` passed), for REPA and the VRPO arms, over one period of VRPO's metric schedule."""
+    and ``denoise_loss`` passed), for REPA and the VRPO arms (the Gaussian ones included), over one period of VRPO's
+    metric schedule."""
     keep = {"repa", "vrpo", "vrpo-nodiag", "vrpo-novalidate", "repa-novalidate", "vrpo-agreement", "vrpo-achievability",
             "vrpo-achievability-every10"}
-    arms = {k: m for k, m in build_arms(args, hidden, device, compile_align=False).items() if k in keep}
+    arms = {k: m for k, m in build_arms(args, hidden, device, compile_align=False).items()
+            if k in keep or k.startswith("vrpo-gaussian-G")}
     cfgs = [m.config for k, m in arms.items() if k.startswith("vrpo")]
     steps = max([math.lcm(c.metrics_every, max(1, c.diagnostics_every)) for c in cfgs] or [1])
     g = torch.Generator().manual_seed(args.seed)

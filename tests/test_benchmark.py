@@ -93,6 +93,23 @@ def test_vrpo_adds_at_most_60_ops_over_repa_at_defaults(overhead):
     assert rows["vrpo"]["top_max"] > rows["vrpo"]["top_min"]  # the metric step does the full metrics
 
 
+def test_op_counts_include_the_gaussian_arms_whose_off_steps_skip_the_metrics(overhead):
+    """The Gaussian arms are counted beside REPA's and VRPO's; their metrics stage runs on metric steps only."""
+    args = overhead.parse(["--presets", "tiny", "--batch", "2", "--arms", "repa", "gaussian", "--groups", "4"])
+    rows = {r["arm"]: r for r in overhead.op_counts(args, 64, 2, "cpu", log=None)}
+    g = rows["vrpo-gaussian-G4"]
+    assert g["extra_top_mean"] == g["top_mean"] - rows["repa"]["top_mean"]
+    assert len(set(g["by_step"][1:])) == 1 and g["by_step"][1] < g["by_step"][0]
+    assert "aten::abs" not in overhead.count_period(overhead.build_arms(args, 64, "cpu", compile_align=False)[
+        "vrpo-gaussian-G4"], _inputs(args), 2)[1]["by_name"]  # adv/clip_frac is a metric: not on an off step
+
+
+def _inputs(args):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(2, 16, 64, generator=g).requires_grad_(True), torch.randn(2, 16, args.target_dim, generator=g),
+            torch.rand(2, generator=g), torch.rand(2, generator=g))
+
+
 def test_adaptive_strength_reads_the_anchors_cosine_and_builds_metrics_on_metric_steps_only(overhead):
     """Deterministic: ``adaptive="achievability"`` computes no second cosine (the same norms as VRPO's
     defaults on every step) and its per-bin metrics come on the metric step only (its off steps all
