@@ -105,6 +105,7 @@ def test_op_counts_include_the_gaussian_arms_whose_off_steps_skip_the_metrics(ov
 
 
 def _inputs(args):
+    """Features (B 2, N 16, D 64) with gradient, targets, t and the denoising loss, from seed 0."""
     g = torch.Generator().manual_seed(0)
     return (torch.randn(2, 16, 64, generator=g).requires_grad_(True), torch.randn(2, 16, args.target_dim, generator=g),
             torch.rand(2, generator=g), torch.rand(2, generator=g))
@@ -117,10 +118,7 @@ def test_adaptive_strength_reads_the_anchors_cosine_and_builds_metrics_on_metric
     args = overhead.parse(["--presets", "tiny", "--batch", "2", "--arms", "vrpo", "adaptive"])
     arms = {k: m for k, m in overhead.build_arms(args, 64, "cpu", compile_align=False).items()
             if k in ("vrpo", "vrpo-achievability")}
-    g = torch.Generator().manual_seed(0)
-    inputs = (torch.randn(2, 16, 64, generator=g).requires_grad_(True), torch.randn(2, 16, args.target_dim, generator=g),
-              torch.rand(2, generator=g), torch.rand(2, generator=g))
-    per = {k: overhead.count_period(m, inputs, 3) for k, m in arms.items()}
+    per = {k: overhead.count_period(m, _inputs(args), 3) for k, m in arms.items()}
     norms = {k: [c["by_name"].get("aten::linalg_vector_norm", 0) for c in v] for k, v in per.items()}
     assert norms["vrpo-achievability"] == norms["vrpo"]
     off = [c["top"] for c in per["vrpo-achievability"][1:]]

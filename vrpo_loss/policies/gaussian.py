@@ -218,7 +218,7 @@ class GaussianPolicy(Policy):
         return pg, out
 
     @torch.no_grad()
-    def _metrics(self, mu, y, s0, adv, zero_std, S1, g_lin, diagnostics, full=True) -> Metrics:
+    def _metrics(self, mu, y, s0, adv, zero_std, S1, g_lin, diagnostics, full) -> Metrics:
         """Stage 4: detached metrics (``full``), and the closed-form signal fraction when asked."""
         cfg = self.config
         c = mu.shape[-1]
